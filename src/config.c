@@ -1,0 +1,348 @@
+/* config.c - command-line parsing and validation (getopt_long). No sockets opened here. */
+#include "config.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define DEFAULT_LISTEN "127.0.0.1:1080"
+
+static const char usage[] =
+	"usage: ringsocks [options]\n"
+	"A SOCKS5 proxy on io_uring (RFC 1928 CONNECT, RFC 1929 username/password).\n"
+	"\n"
+	"  -l, --listen ADDR:PORT      listen address, repeatable; IPv6 as [::1]:1080\n"
+	"                              (default " DEFAULT_LISTEN ")\n"
+	"  -w, --workers N             worker threads, one io_uring each (default: online CPUs)\n"
+	"      --cpus LIST             pin worker i to the i-th CPU of LIST, e.g. 0,1 or 0-3\n"
+	"      --user NAME:PASS        require RFC 1929 username/password; repeatable\n"
+	"      --resolver IP:PORT      DNS server for domain names (default: /etc/resolv.conf)\n"
+	"      --handshake-timeout S   close clients that have not finished the handshake\n"
+	"                              after S seconds (default 10)\n"
+	"      --connect-timeout S     give up connecting to a destination after S seconds;\n"
+	"                              the client gets reply 6 (default 10)\n"
+	"      --max-conns N           at most N live client connections per process; more\n"
+	"                              are closed at once (default: limited by descriptors)\n"
+	"  -v, --verbose               log one line per session\n"
+	"  -h, --help                  show this help\n"
+	"      --version               show the version\n";
+
+enum {
+	OPT_CPUS = 256,
+	OPT_USER,
+	OPT_RESOLVER,
+	OPT_HS_TIMEOUT,
+	OPT_CONN_TIMEOUT,
+	OPT_MAX_CONNS,
+	OPT_VERSION,
+};
+
+static const struct option long_opts[] = {
+	{"listen", required_argument, NULL, 'l'},
+	{"workers", required_argument, NULL, 'w'},
+	{"cpus", required_argument, NULL, OPT_CPUS},
+	{"user", required_argument, NULL, OPT_USER},
+	{"resolver", required_argument, NULL, OPT_RESOLVER},
+	{"handshake-timeout", required_argument, NULL, OPT_HS_TIMEOUT},
+	{"connect-timeout", required_argument, NULL, OPT_CONN_TIMEOUT},
+	{"max-conns", required_argument, NULL, OPT_MAX_CONNS},
+	{"verbose", no_argument, NULL, 'v'},
+	{"help", no_argument, NULL, 'h'},
+	{"version", no_argument, NULL, OPT_VERSION},
+	{NULL, 0, NULL, 0},
+};
+
+int config_parse_hostport(const char *s, struct sockaddr_storage *ss, socklen_t *len)
+{
+	char host[INET6_ADDRSTRLEN + 2];
+	const char *colon, *h;
+	size_t hlen;
+	char *end;
+	long port;
+
+	memset(ss, 0, sizeof(*ss));
+	if (s[0] == '[') {
+		const char *rb = strchr(s, ']');
+		if (!rb || rb[1] != ':')
+			return -EINVAL;
+		h = s + 1;
+		hlen = (size_t)(rb - h);
+		colon = rb + 1;
+	} else {
+		colon = strrchr(s, ':');
+		if (!colon)
+			return -EINVAL;
+		h = s;
+		hlen = (size_t)(colon - s);
+	}
+	if (hlen == 0 || hlen >= sizeof(host))
+		return -EINVAL;
+	memcpy(host, h, hlen);
+	host[hlen] = '\0';
+	errno = 0;
+	port = strtol(colon + 1, &end, 10);
+	if (errno || end == colon + 1 || *end || port < 0 || port > 65535)
+		return -EINVAL;
+
+	struct sockaddr_in *in4 = (struct sockaddr_in *)ss;
+	struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
+	if (s[0] != '[' && inet_pton(AF_INET, host, &in4->sin_addr) == 1) {
+		in4->sin_family = AF_INET;
+		in4->sin_port = htons((uint16_t)port);
+		*len = sizeof(*in4);
+		return 0;
+	}
+	if (s[0] == '[' && inet_pton(AF_INET6, host, &in6->sin6_addr) == 1) {
+		in6->sin6_family = AF_INET6;
+		in6->sin6_port = htons((uint16_t)port);
+		*len = sizeof(*in6);
+		return 0;
+	}
+	return -EINVAL;
+}
+
+static int parse_long(const char *s, long lo, long hi, long *out)
+{
+	char *end;
+	long v;
+
+	errno = 0;
+	v = strtol(s, &end, 10);
+	if (errno || end == s || *end || v < lo || v > hi)
+		return -EINVAL;
+	*out = v;
+	return 0;
+}
+
+static int parse_seconds(const char *s, double *out)
+{
+	char *end;
+	double v;
+
+	errno = 0;
+	v = strtod(s, &end);
+	if (errno || end == s || *end || !isfinite(v) || v <= 0 || v > 86400 * 365)
+		return -EINVAL;
+	*out = v;
+	return 0;
+}
+
+/* "0,2,4-7" -> cpus[]. */
+static int parse_cpus(const char *s, struct config *cfg)
+{
+	const char *p = s;
+
+	cfg->ncpus = 0;
+	while (*p) {
+		char *end;
+		long a, b;
+
+		errno = 0;
+		a = strtol(p, &end, 10);
+		if (errno || end == p || a < 0 || a >= CONFIG_MAX_CPUS)
+			return -EINVAL;
+		b = a;
+		p = end;
+		if (*p == '-') {
+			p++;
+			b = strtol(p, &end, 10);
+			if (errno || end == p || b < a || b >= CONFIG_MAX_CPUS)
+				return -EINVAL;
+			p = end;
+		}
+		for (long c = a; c <= b; c++) {
+			if (cfg->ncpus == CONFIG_MAX_CPUS)
+				return -EINVAL;
+			cfg->cpus[cfg->ncpus++] = (int)c;
+		}
+		if (*p == ',')
+			p++;
+		else if (*p)
+			return -EINVAL;
+	}
+	return cfg->ncpus ? 0 : -EINVAL;
+}
+
+static int add_user(struct config *cfg, const char *s)
+{
+	const char *colon = strchr(s, ':');
+	struct config_user *u;
+	size_t nlen, plen;
+
+	if (!colon)
+		return -EINVAL;
+	nlen = (size_t)(colon - s);
+	plen = strlen(colon + 1);
+	if (nlen < 1 || nlen > 255 || plen > 255 || cfg->nusers == CONFIG_MAX_USERS)
+		return -EINVAL;
+	u = realloc(cfg->users, sizeof(*u) * (size_t)(cfg->nusers + 1));
+	if (!u)
+		return -ENOMEM;
+	cfg->users = u;
+	u = &cfg->users[cfg->nusers++];
+	memset(u, 0, sizeof(*u));
+	memcpy(u->name, s, nlen);
+	memcpy(u->pass, colon + 1, plen);
+	u->name_len = (uint8_t)nlen;
+	u->pass_len = (uint8_t)plen;
+	return 0;
+}
+
+static int set_resolver(struct config *cfg, const char *s)
+{
+	struct sockaddr_storage ss;
+	socklen_t len;
+	char host[INET6_ADDRSTRLEN];
+	int port;
+
+	/* accept a bare IP (port 53) too */
+	if (config_parse_hostport(s, &ss, &len) < 0) {
+		char tmp[INET6_ADDRSTRLEN + 8];
+		if (strlen(s) >= INET6_ADDRSTRLEN)
+			return -EINVAL;
+		if (strchr(s, ':'))
+			snprintf(tmp, sizeof(tmp), "[%s]:53", s);
+		else
+			snprintf(tmp, sizeof(tmp), "%s:53", s);
+		if (config_parse_hostport(tmp, &ss, &len) < 0)
+			return -EINVAL;
+	}
+	if (ss.ss_family == AF_INET) {
+		struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+		inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
+		port = ntohs(a->sin_port);
+		snprintf(cfg->resolver, sizeof(cfg->resolver), "%s:%d", host, port);
+	} else {
+		struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+		inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
+		port = ntohs(a->sin6_port);
+		snprintf(cfg->resolver, sizeof(cfg->resolver), "[%s]:%d", host, port);
+	}
+	return port ? 0 : -EINVAL;
+}
+
+int config_parse(struct config *cfg, int argc, char **argv, char *err, size_t errlen)
+{
+	int opt;
+	long v;
+
+	memset(cfg, 0, sizeof(*cfg));
+	cfg->handshake_timeout = 10;
+	cfg->connect_timeout = 10;
+	opterr = 0;
+	optind = 1;
+
+#define FAIL(...)                                                                                  \
+	do {                                                                                       \
+		snprintf(err, errlen, __VA_ARGS__);                                                \
+		return -EINVAL;                                                                    \
+	} while (0)
+
+	while ((opt = getopt_long(argc, argv, ":l:w:vh", long_opts, NULL)) != -1) {
+		switch (opt) {
+		case 'l':
+			if (cfg->nlisten == CONFIG_MAX_LISTEN)
+				FAIL("too many --listen addresses (at most %d)", CONFIG_MAX_LISTEN);
+			if (config_parse_hostport(optarg, &cfg->listen[cfg->nlisten],
+						  &cfg->listen_len[cfg->nlisten]) < 0)
+				FAIL("--listen: '%s' is not ADDR:PORT (IPv6 as [ADDR]:PORT)",
+				     optarg);
+			cfg->nlisten++;
+			break;
+		case 'w':
+			if (parse_long(optarg, 1, 1024, &v) < 0)
+				FAIL("--workers: '%s' is not a number from 1 to 1024", optarg);
+			cfg->workers = (int)v;
+			break;
+		case OPT_CPUS:
+			if (parse_cpus(optarg, cfg) < 0)
+				FAIL("--cpus: '%s' is not a CPU list like 0,1 or 0-3", optarg);
+			break;
+		case OPT_USER:
+			if (add_user(cfg, optarg) < 0)
+				FAIL("--user: '%s' is not NAME:PASS (name 1-255 bytes, password at "
+				     "most 255)",
+				     optarg);
+			break;
+		case OPT_RESOLVER:
+			if (set_resolver(cfg, optarg) < 0)
+				FAIL("--resolver: '%s' is not IP:PORT", optarg);
+			break;
+		case OPT_HS_TIMEOUT:
+			if (parse_seconds(optarg, &cfg->handshake_timeout) < 0)
+				FAIL("--handshake-timeout: '%s' is not a positive number of seconds",
+				     optarg);
+			break;
+		case OPT_CONN_TIMEOUT:
+			if (parse_seconds(optarg, &cfg->connect_timeout) < 0)
+				FAIL("--connect-timeout: '%s' is not a positive number of seconds",
+				     optarg);
+			break;
+		case OPT_MAX_CONNS:
+			if (parse_long(optarg, 1, 100000000, &v) < 0)
+				FAIL("--max-conns: '%s' is not a positive number", optarg);
+			cfg->max_conns = v;
+			break;
+		case 'v':
+			cfg->verbose = 1;
+			break;
+		case 'h':
+			fputs(usage, stdout);
+			return 1;
+		case OPT_VERSION:
+			printf("ringsocks %s\n", RINGSOCKS_VERSION);
+			return 1;
+		case ':':
+			FAIL("option '%s' needs a value (see --help)", argv[optind - 1]);
+		default:
+			FAIL("unknown option '%s' (see --help)", argv[optind - 1]);
+		}
+	}
+	if (optind < argc)
+		FAIL("unexpected argument '%s' (see --help)", argv[optind]);
+	if (cfg->nlisten == 0)
+		config_parse_hostport(DEFAULT_LISTEN, &cfg->listen[0], &cfg->listen_len[0]),
+			cfg->nlisten = 1;
+	if (cfg->workers == 0)
+		cfg->workers = cfg->ncpus ? cfg->ncpus : (int)sysconf(_SC_NPROCESSORS_ONLN);
+	if (cfg->workers < 1)
+		cfg->workers = 1;
+	if (cfg->ncpus && cfg->ncpus < cfg->workers)
+		FAIL("--cpus lists %d CPUs for %d workers", cfg->ncpus, cfg->workers);
+#undef FAIL
+	return 0;
+}
+
+void config_free(struct config *cfg)
+{
+	free(cfg->users);
+	cfg->users = NULL;
+	cfg->nusers = 0;
+}
+
+/* Compare without an early exit so the time does not tell how much of a secret matched. */
+static int ct_equal(const char *a, size_t alen, const char *b, size_t blen)
+{
+	unsigned diff = (unsigned)(alen ^ blen);
+	for (size_t i = 0; i < alen && i < blen; i++)
+		diff |= (unsigned char)a[i] ^ (unsigned char)b[i];
+	return diff == 0;
+}
+
+int config_check_user(const struct config *cfg, const char *user, size_t ulen, const char *pass,
+		      size_t plen)
+{
+	int ok = 0;
+	for (int i = 0; i < cfg->nusers; i++) {
+		const struct config_user *u = &cfg->users[i];
+		ok |= ct_equal(u->name, u->name_len, user, ulen) &
+		      ct_equal(u->pass, u->pass_len, pass, plen);
+	}
+	return ok;
+}

@@ -1,0 +1,47 @@
+/* config.h - the daemon's settings, parsed and validated completely before anything starts. */
+#ifndef RINGSOCKS_CONFIG_H
+#define RINGSOCKS_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#define CONFIG_MAX_LISTEN 16
+#define CONFIG_MAX_CPUS 1024
+#define CONFIG_MAX_USERS 1024
+
+struct config_user {
+	uint8_t name_len, pass_len;
+	char name[256];
+	char pass[256];
+};
+
+struct config {
+	struct sockaddr_storage listen[CONFIG_MAX_LISTEN];
+	socklen_t listen_len[CONFIG_MAX_LISTEN];
+	int nlisten;
+	int workers; /* 0: one per online CPU */
+	int cpus[CONFIG_MAX_CPUS];
+	int ncpus;
+	struct config_user *users; /* malloc'd, nusers entries */
+	int nusers;
+	char resolver[128]; /* c-ares "host:port" csv form, empty: system resolver */
+	double handshake_timeout;
+	double connect_timeout;
+	long max_conns; /* 0: limited only by descriptors */
+	int verbose;
+};
+
+/* Parse argv into cfg. Returns 0 to run, 1 when --help/--version was printed (exit 0),
+ * or -EINVAL with a one-line message in err (exit 2). */
+int config_parse(struct config *cfg, int argc, char **argv, char *err, size_t errlen);
+void config_free(struct config *cfg);
+
+/* Parse "ADDR:PORT" / "[V6]:PORT" into ss. Returns 0 or -EINVAL. */
+int config_parse_hostport(const char *s, struct sockaddr_storage *ss, socklen_t *len);
+
+/* Check credentials against the configured users (constant time per user). */
+int config_check_user(const struct config *cfg, const char *user, size_t ulen, const char *pass,
+		      size_t plen);
+
+#endif

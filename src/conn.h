@@ -1,0 +1,144 @@
+/* conn.h - the per-worker connection table: fixed slots, a LIFO free list, generations,
+ * the user_data encoding of every SQE, and FIFO deadline lists. No I/O here. */
+#ifndef RINGSOCKS_CONN_H
+#define RINGSOCKS_CONN_H
+
+#include <netinet/in.h>
+#include <stdint.h>
+
+#include "ringsocks/socks5.h"
+
+#define CONN_RBUF 512    /* handshake receive buffer; also holds early data */
+#define CONN_TXBUF 288   /* handshake replies: method + auth status + reply (<= 266) */
+#define CONN_MAX_ADDRS 8 /* resolved addresses tried in turn */
+
+/* Operation kinds, encoded in the top byte of user_data. */
+enum conn_op {
+	OP_NONE = 0,
+	OP_ACCEPT,     /* idx: listener number */
+	OP_WAKE,       /* the worker's eventfd */
+	OP_DNS_POLL,   /* idx: dns watch slot */
+	OP_IGNORE,     /* cancel requests: their CQEs carry nothing we need */
+	OP_RECV,       /* handshake / linger recv from the client */
+	OP_SEND,       /* handshake send to the client */
+	OP_CONNECT,    /* connect to the destination */
+	OP_SEND_T,     /* early data to the destination */
+	OP_POLLIN_C,   /* relay: client readable (multishot) */
+	OP_POLLIN_T,   /* relay: target readable (multishot) */
+	OP_POLLOUT_C,  /* relay: client writable (one-shot) */
+	OP_POLLOUT_T,  /* relay: target writable (one-shot) */
+	OP__COUNT
+};
+#define CONN_OP_BIT(op) (1u << (op))
+
+static inline uint64_t conn_ud(enum conn_op op, uint32_t gen, uint32_t idx)
+{
+	return ((uint64_t)op << 56) | ((uint64_t)(gen & 0xFFFFFFu) << 32) | idx;
+}
+static inline enum conn_op conn_ud_op(uint64_t ud)
+{
+	return (enum conn_op)(ud >> 56);
+}
+static inline uint32_t conn_ud_gen(uint64_t ud)
+{
+	return (uint32_t)(ud >> 32) & 0xFFFFFFu;
+}
+static inline uint32_t conn_ud_idx(uint64_t ud)
+{
+	return (uint32_t)ud;
+}
+
+enum conn_state {
+	CONN_FREE = 0,
+	CONN_HANDSHAKE,  /* greeting, auth, request */
+	CONN_RESOLVING,  /* waiting for the resolver */
+	CONN_CONNECTING, /* connect in flight */
+	CONN_REPLYING,   /* success reply (and early data) being sent */
+	CONN_RELAY,      /* bytes flow both ways */
+	CONN_LINGER,     /* error reply sent, write side shut; draining until the client closes */
+	CONN_CLOSING,    /* sockets closed; waiting for in-flight operations to end */
+};
+
+enum timer_kind { TIMER_NONE = 0, TIMER_HANDSHAKE, TIMER_CONNECT, TIMER_LINGER, TIMER__COUNT };
+
+/* One relay direction: client->target (DIR_UP) or target->client (DIR_DOWN). */
+enum { DIR_UP = 0, DIR_DOWN = 1 };
+#define DIR_EOF 0x1      /* source reached EOF */
+#define DIR_SHUT 0x2     /* EOF propagated: shutdown(SHUT_WR) done on the destination */
+#define DIR_WAIT_OUT 0x4 /* data in the pipe, waiting for the destination to drain */
+#define DIR_QUEUED 0x8   /* on the worker's runnable list */
+
+struct relay_dir {
+	int32_t pipe;    /* index in the worker's pipe pool, -1 when none is lent */
+	uint32_t inpipe; /* bytes sitting in the pipe */
+	uint8_t flags;
+	uint64_t bytes; /* bytes delivered to the destination */
+};
+
+struct conn {
+	uint32_t gen;
+	uint8_t state;   /* enum conn_state */
+	uint8_t timer;   /* enum timer_kind: the deadline list it is on */
+	uint8_t result;  /* reply code sent, or 0xFF when none was */
+	uint8_t naddrs;  /* resolved candidates */
+	uint8_t addr_i;  /* candidate being tried */
+	uint8_t closing_after_send;
+	uint16_t pending; /* CONN_OP_BIT of every operation in flight */
+	int cfd, tfd;     /* client and target sockets, -1 when closed */
+	uint16_t rx_len;  /* bytes in rbuf */
+	uint16_t tx_len, tx_off;
+	uint16_t early_len; /* early data (after the request) at the start of rbuf */
+	int last_err;       /* errno of the last connect attempt */
+	uint32_t tprev, tnext; /* deadline list links (slot indices, UINT32_MAX: none) */
+	uint32_t qnext;        /* runnable list link */
+	uint64_t deadline_ms;
+	uint64_t start_ms;
+	struct relay_dir dir[2];
+	struct sockaddr_in6 addrs[CONN_MAX_ADDRS]; /* big enough for sockaddr_in too */
+	struct socks5_server hs;
+	uint8_t rbuf[CONN_RBUF];
+	uint8_t txbuf[CONN_TXBUF];
+};
+
+#define CONN_NIL UINT32_MAX
+
+struct timer_list {
+	uint32_t head, tail;
+	uint64_t timeout_ms;
+};
+
+struct conn_table {
+	struct conn *slots;
+	uint32_t *free_stack; /* LIFO, so recently used (cache-warm) slots come back first */
+	uint32_t nfree;
+	uint32_t size;
+	uint32_t live;
+	struct timer_list timers[TIMER__COUNT];
+};
+
+/* Allocate a table of n slots (all memory up front). Returns 0 or -ENOMEM. */
+int conn_table_init(struct conn_table *t, uint32_t n);
+void conn_table_free(struct conn_table *t);
+
+/* Take a free slot (state set to CONN_HANDSHAKE) or NULL when all are in use. */
+struct conn *conn_alloc(struct conn_table *t);
+/* Return a slot; bumps its generation so stale completions are recognised. */
+void conn_release(struct conn_table *t, struct conn *c);
+
+static inline uint32_t conn_index(const struct conn_table *t, const struct conn *c)
+{
+	return (uint32_t)(c - t->slots);
+}
+
+/* The live slot for a completion's user_data, or NULL when the CQE is stale. */
+struct conn *conn_lookup(struct conn_table *t, uint64_t ud);
+
+/* Deadline lists: every list has one timeout, so appending keeps it sorted. */
+void conn_timer_set(struct conn_table *t, struct conn *c, enum timer_kind k, uint64_t now_ms);
+void conn_timer_clear(struct conn_table *t, struct conn *c);
+/* The first expired slot of any list at now_ms, or NULL. */
+struct conn *conn_timer_expired(struct conn_table *t, uint64_t now_ms);
+/* The earliest deadline of all lists, or UINT64_MAX. */
+uint64_t conn_timer_next(const struct conn_table *t);
+
+#endif

@@ -1,0 +1,179 @@
+/* main.c - parse the configuration, open one SO_REUSEPORT listener per worker and address,
+ * start and pin the workers, and wait for SIGINT/SIGTERM to stop them. */
+#include <ares.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/resource.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+
+#include "config.h"
+#include "log.h"
+#include "worker.h"
+
+#define LISTEN_BACKLOG 4096
+
+static int open_listener(const struct sockaddr_storage *ss, socklen_t len)
+{
+	int one = 1;
+	int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+
+	if (fd < 0)
+		return -errno;
+	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+	    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0)
+		goto fail;
+	if (ss->ss_family == AF_INET6 &&
+	    setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) < 0)
+		goto fail;
+	if (bind(fd, (const struct sockaddr *)ss, len) < 0 || listen(fd, LISTEN_BACKLOG) < 0)
+		goto fail;
+	return fd;
+fail:;
+	int err = -errno;
+	close(fd);
+	return err;
+}
+
+static const char *addr_text(const struct sockaddr_storage *ss, char *buf, size_t cap)
+{
+	char host[INET6_ADDRSTRLEN];
+	if (ss->ss_family == AF_INET) {
+		const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+		inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
+		snprintf(buf, cap, "%s:%u", host, ntohs(a->sin_port));
+	} else {
+		const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+		inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
+		snprintf(buf, cap, "[%s]:%u", host, ntohs(a->sin6_port));
+	}
+	return buf;
+}
+
+static void raise_nofile(void)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+			log_warn("cannot raise RLIMIT_NOFILE: %s", strerror(errno));
+	}
+}
+
+int main(int argc, char **argv)
+{
+	struct config cfg;
+	char err[256], text[INET6_ADDRSTRLEN + 16];
+	struct worker *workers = NULL;
+	pthread_barrier_t ready;
+	sigset_t sigs;
+	int ret, sig, status = 0, started = 0;
+
+	ret = config_parse(&cfg, argc, argv, err, sizeof(err));
+	if (ret == 1)
+		return 0;
+	if (ret < 0) {
+		fprintf(stderr, "ringsocks: %s\n", err);
+		return 2;
+	}
+	log_verbose = cfg.verbose;
+	raise_nofile();
+	/* a splice into a socket the peer has closed raises SIGPIPE: take EPIPE instead */
+	signal(SIGPIPE, SIG_IGN);
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGINT);
+	sigaddset(&sigs, SIGTERM);
+	pthread_sigmask(SIG_BLOCK, &sigs, NULL); /* inherited by the workers */
+
+	if (ares_library_init(ARES_LIB_INIT_ALL) != ARES_SUCCESS) {
+		log_err("c-ares initialisation failed");
+		config_free(&cfg);
+		return 1;
+	}
+	workers = calloc((size_t)cfg.workers, sizeof(*workers));
+	if (!workers) {
+		log_err("out of memory");
+		status = 1;
+		goto out;
+	}
+	for (int i = 0; i < cfg.workers; i++) {
+		struct worker *w = &workers[i];
+		w->id = i;
+		w->cfg = &cfg;
+		w->cpu = cfg.ncpus ? cfg.cpus[i] : -1;
+		w->wake_fd = -1;
+		for (int l = 0; l < cfg.nlisten; l++)
+			w->listen_fd[l] = -1;
+	}
+	for (int i = 0; i < cfg.workers; i++) {
+		struct worker *w = &workers[i];
+		w->wake_fd = eventfd(0, EFD_CLOEXEC);
+		if (w->wake_fd < 0) {
+			log_err("eventfd: %s", strerror(errno));
+			status = 1;
+			goto out;
+		}
+		for (int l = 0; l < cfg.nlisten; l++) {
+			int fd = open_listener(&cfg.listen[l], cfg.listen_len[l]);
+			if (fd < 0) {
+				log_err("cannot listen on %s: %s",
+					addr_text(&cfg.listen[l], text, sizeof(text)),
+					strerror(-fd));
+				status = 1;
+				goto out;
+			}
+			w->listen_fd[l] = fd;
+		}
+		w->nlisten = cfg.nlisten;
+	}
+
+	pthread_barrier_init(&ready, NULL, (unsigned)cfg.workers + 1);
+	for (int i = 0; i < cfg.workers; i++) {
+		workers[i].ready = &ready;
+		ret = pthread_create(&workers[i].thread, NULL, worker_main, &workers[i]);
+		if (ret) {
+			log_err("pthread_create: %s", strerror(ret));
+			/* the barrier cannot complete without it: this is fatal */
+			exit(1);
+		}
+		started++;
+	}
+	pthread_barrier_wait(&ready);
+	for (int i = 0; i < cfg.workers; i++)
+		if (workers[i].start_err < 0)
+			status = 1;
+	if (status == 0) {
+		for (int l = 0; l < cfg.nlisten; l++)
+			log_msg("info", "listening on %s (%d workers%s%s)",
+				addr_text(&cfg.listen[l], text, sizeof(text)), cfg.workers,
+				cfg.nusers ? ", username/password required" : "",
+				cfg.ncpus ? ", pinned" : "");
+		while (sigwait(&sigs, &sig) != 0)
+			;
+		log_msg("info", "signal %d: stopping", sig);
+	}
+	for (int i = 0; i < started; i++)
+		worker_wake(&workers[i]);
+	for (int i = 0; i < started; i++)
+		pthread_join(workers[i].thread, NULL);
+	pthread_barrier_destroy(&ready);
+out:
+	for (int i = 0; workers && i < cfg.workers; i++) {
+		for (int l = 0; l < cfg.nlisten; l++)
+			if (workers[i].listen_fd[l] >= 0)
+				close(workers[i].listen_fd[l]);
+		if (workers[i].wake_fd >= 0)
+			close(workers[i].wake_fd);
+	}
+	free(workers);
+	ares_library_cleanup();
+	config_free(&cfg);
+	return status;
+}

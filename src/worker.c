@@ -1,0 +1,783 @@
+/* worker.c - one io_uring event loop: multishot accept, the SOCKS5 handshake driven by
+ * recv/send SQEs, resolution and connect, deadlines, then hand-off to the relay.
+ * Splicing itself lives in relay.c, name resolution in dns.c. */
+#include "worker.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/tcp.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "dns.h"
+#include "log.h"
+
+#ifndef IORING_SETUP_COOP_TASKRUN
+#define IORING_SETUP_COOP_TASKRUN (1U << 8)
+#endif
+#ifndef IORING_SETUP_SINGLE_ISSUER
+#define IORING_SETUP_SINGLE_ISSUER (1U << 12)
+#endif
+#ifndef IORING_SETUP_DEFER_TASKRUN
+#define IORING_SETUP_DEFER_TASKRUN (1U << 13)
+#endif
+
+#define RING_ENTRIES 4096
+#define RING_CQ_ENTRIES 65536
+#define LINGER_MS 2000        /* how long a refused client may take to close */
+#define ACCEPT_RETRY_MS 100   /* pause after EMFILE and friends */
+#define MAX_WAIT_MS 1000
+
+atomic_long worker_live;
+
+uint64_t worker_now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+struct io_uring_sqe *worker_sqe(struct worker *w)
+{
+	struct io_uring_sqe *sqe;
+
+	while (!(sqe = io_uring_get_sqe(&w->ring)))
+		io_uring_submit(&w->ring);
+	return sqe;
+}
+
+uint64_t worker_op(struct worker *w, struct conn *c, enum conn_op op)
+{
+	c->pending |= (uint16_t)CONN_OP_BIT(op);
+	return conn_ud(op, c->gen, conn_index(&w->conns, c));
+}
+
+void worker_wake(struct worker *w)
+{
+	uint64_t one = 1;
+	atomic_store(&w->stop, 1);
+	if (write(w->wake_fd, &one, sizeof(one)) < 0) {
+		/* the counter cannot overflow from a handful of writes */
+	}
+}
+
+/* ---- accept ---- */
+
+static void arm_accept(struct worker *w, int i)
+{
+	struct io_uring_sqe *sqe = worker_sqe(w);
+	io_uring_prep_multishot_accept(sqe, w->listen_fd[i], NULL, NULL,
+				       SOCK_NONBLOCK | SOCK_CLOEXEC);
+	sqe->user_data = conn_ud(OP_ACCEPT, 0, (uint32_t)i);
+	w->accept_armed |= 1u << i;
+}
+
+static void set_nodelay(int fd)
+{
+	int one = 1;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+}
+
+static void hs_recv(struct worker *w, struct conn *c);
+
+static void on_accept(struct worker *w, uint32_t li, int res, unsigned flags)
+{
+	struct conn *c;
+
+	if (!(flags & IORING_CQE_F_MORE))
+		w->accept_armed &= ~(1u << li);
+	if (res < 0) {
+		if (res == -ECANCELED)
+			return;
+		w->stats.accept_errors++;
+		if (res == -EMFILE || res == -ENFILE || res == -ENOBUFS || res == -ENOMEM) {
+			/* out of descriptors: pause accepting instead of spinning */
+			if (w->now_ms >= w->accept_warn_ms) {
+				log_err("accept: %s; pausing accepts for %d ms (live connections: "
+					"%ld)",
+					strerror(-res), ACCEPT_RETRY_MS, atomic_load(&worker_live));
+				w->accept_warn_ms = w->now_ms + 5000;
+			}
+			w->accept_retry_ms = w->now_ms + ACCEPT_RETRY_MS;
+		}
+		return;
+	}
+	w->stats.accepted++;
+	if (atomic_load(&w->stop)) {
+		close(res);
+		return;
+	}
+	if (w->cfg->max_conns && atomic_load(&worker_live) >= w->cfg->max_conns) {
+		w->stats.refused_limit++;
+		close(res);
+		return;
+	}
+	c = conn_alloc(&w->conns);
+	if (!c) {
+		w->stats.refused_limit++;
+		close(res);
+		return;
+	}
+	atomic_fetch_add(&worker_live, 1);
+	c->cfd = res;
+	c->start_ms = w->now_ms;
+	set_nodelay(res);
+	socks5_server_init(&c->hs, w->cfg->nusers ? SOCKS5_OFFER_USERPASS : SOCKS5_OFFER_NOAUTH);
+	conn_timer_set(&w->conns, c, TIMER_HANDSHAKE, w->now_ms);
+	hs_recv(w, c);
+}
+
+/* ---- closing ---- */
+
+static void conn_free_if_idle(struct worker *w, struct conn *c)
+{
+	if (c->state == CONN_CLOSING && c->pending == 0)
+		conn_release(&w->conns, c);
+}
+
+static void log_session(struct worker *w, struct conn *c, const char *why)
+{
+	char client[INET6_ADDRSTRLEN + 8] = "?", dst[SOCKS5_MAX_NAME + 16] = "-";
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss);
+	struct socks5_addr a;
+
+	if (c->cfd >= 0 && getpeername(c->cfd, (struct sockaddr *)&ss, &len) == 0 &&
+	    socks5_addr_from_sockaddr(&a, (struct sockaddr *)&ss) == 0)
+		socks5_addr_str(&a, client, sizeof(client));
+	if (c->hs.state == SOCKS5_SRV_DONE)
+		socks5_addr_str(&c->hs.req.dst, dst, sizeof(dst));
+	log_msg("info",
+		"session client=%s dst=%s result=%s%s%s up=%llu down=%llu ms=%llu", client, dst,
+		c->result == 0xFF ? "no-reply" : socks5_reply_str(c->result), why ? " reason=" : "",
+		why ? why : "", (unsigned long long)c->dir[DIR_UP].bytes,
+		(unsigned long long)c->dir[DIR_DOWN].bytes,
+		(unsigned long long)(w->now_ms - c->start_ms));
+}
+
+void worker_conn_close(struct worker *w, struct conn *c, const char *why)
+{
+	uint32_t idx = conn_index(&w->conns, c);
+
+	if (c->state == CONN_CLOSING || c->state == CONN_FREE)
+		return;
+	if (c->result == 0)
+		w->stats.sessions_ok++;
+	else
+		w->stats.sessions_failed++;
+	if (log_verbose)
+		log_session(w, c, why);
+	relay_release(w, c);
+	if (c->cfd >= 0)
+		close(c->cfd);
+	if (c->tfd >= 0)
+		close(c->tfd);
+	c->cfd = c->tfd = -1;
+	conn_timer_clear(&w->conns, c);
+	c->state = CONN_CLOSING;
+	atomic_fetch_sub(&worker_live, 1);
+	/* closing a socket does not end requests that hold it: cancel each one */
+	for (int op = OP_RECV; op < OP__COUNT; op++) {
+		if (c->pending & CONN_OP_BIT(op)) {
+			struct io_uring_sqe *sqe = worker_sqe(w);
+			io_uring_prep_cancel64(sqe, conn_ud((enum conn_op)op, c->gen, idx), 0);
+			sqe->user_data = conn_ud(OP_IGNORE, 0, 0);
+		}
+	}
+	conn_free_if_idle(w, c);
+}
+
+/* ---- handshake ---- */
+
+static void hs_recv(struct worker *w, struct conn *c)
+{
+	struct io_uring_sqe *sqe = worker_sqe(w);
+	io_uring_prep_recv(sqe, c->cfd, c->rbuf, CONN_RBUF, 0);
+	sqe->user_data = worker_op(w, c, OP_RECV);
+}
+
+static void hs_send(struct worker *w, struct conn *c)
+{
+	struct io_uring_sqe *sqe = worker_sqe(w);
+	io_uring_prep_send(sqe, c->cfd, c->txbuf + c->tx_off, (size_t)(c->tx_len - c->tx_off),
+			   MSG_NOSIGNAL);
+	sqe->user_data = worker_op(w, c, OP_SEND);
+}
+
+static void tx_append(struct conn *c, const uint8_t *p, size_t n)
+{
+	if (n > (size_t)(CONN_TXBUF - c->tx_len))
+		n = (size_t)(CONN_TXBUF - c->tx_len); /* cannot happen: replies are bounded */
+	memcpy(c->txbuf + c->tx_len, p, n);
+	c->tx_len = (uint16_t)(c->tx_len + n);
+}
+
+/* Send a failure reply (rep) and close once it is out. */
+static void conn_fail(struct worker *w, struct conn *c, uint8_t rep)
+{
+	uint8_t buf[SOCKS5_MAX_REPLY];
+	int n = socks5_encode_reply(buf, sizeof(buf), rep, NULL);
+
+	if (c->tfd >= 0) {
+		close(c->tfd);
+		c->tfd = -1;
+	}
+	conn_timer_clear(&w->conns, c);
+	c->result = rep;
+	c->state = CONN_REPLYING;
+	c->closing_after_send = 1;
+	if (n > 0)
+		tx_append(c, buf, (size_t)n);
+	if (!(c->pending & CONN_OP_BIT(OP_SEND)))
+		hs_send(w, c);
+}
+
+/* After an error reply: shut our side, read until the client closes (so the reply is not
+ * lost to a reset caused by unread bytes), bounded by LINGER_MS. */
+static void conn_linger(struct worker *w, struct conn *c)
+{
+	shutdown(c->cfd, SHUT_WR);
+	c->state = CONN_LINGER;
+	conn_timer_set(&w->conns, c, TIMER_LINGER, w->now_ms);
+	if (!(c->pending & CONN_OP_BIT(OP_RECV)))
+		hs_recv(w, c);
+}
+
+static uint8_t errno_to_reply(int err)
+{
+	switch (err) {
+	case ECONNREFUSED:
+		return SOCKS5_REP_CONN_REFUSED;
+	case ENETUNREACH:
+	case ENETDOWN:
+		return SOCKS5_REP_NET_UNREACHABLE;
+	case EHOSTUNREACH:
+	case EHOSTDOWN:
+	case ENOENT:
+		return SOCKS5_REP_HOST_UNREACHABLE;
+	case ETIMEDOUT:
+		return SOCKS5_REP_TTL_EXPIRED;
+	default:
+		return SOCKS5_REP_GENERAL_FAILURE;
+	}
+}
+
+static void connect_next(struct worker *w, struct conn *c)
+{
+	while (c->addr_i < c->naddrs) {
+		struct sockaddr_in6 *a = &c->addrs[c->addr_i];
+		socklen_t len = a->sin6_family == AF_INET ? sizeof(struct sockaddr_in)
+							  : sizeof(struct sockaddr_in6);
+		int fd = socket(a->sin6_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+		struct io_uring_sqe *sqe;
+
+		if (fd < 0) {
+			c->last_err = errno;
+			log_err("socket: %s", strerror(errno));
+			break;
+		}
+		set_nodelay(fd);
+		c->tfd = fd;
+		c->state = CONN_CONNECTING;
+		sqe = worker_sqe(w);
+		io_uring_prep_connect(sqe, fd, (struct sockaddr *)a, len);
+		sqe->user_data = worker_op(w, c, OP_CONNECT);
+		return;
+	}
+	conn_fail(w, c, errno_to_reply(c->last_err));
+}
+
+static void on_connect(struct worker *w, struct conn *c, int res)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss);
+	struct socks5_addr bnd;
+	uint8_t buf[SOCKS5_MAX_REPLY];
+	int n;
+
+	if (c->state != CONN_CONNECTING)
+		return; /* timed out meanwhile */
+	if (res < 0) {
+		c->last_err = -res;
+		close(c->tfd);
+		c->tfd = -1;
+		c->addr_i++;
+		connect_next(w, c);
+		return;
+	}
+	conn_timer_clear(&w->conns, c);
+	if (getsockname(c->tfd, (struct sockaddr *)&ss, &len) < 0 ||
+	    socks5_addr_from_sockaddr(&bnd, (struct sockaddr *)&ss) < 0) {
+		conn_fail(w, c, SOCKS5_REP_GENERAL_FAILURE);
+		return;
+	}
+	n = socks5_encode_reply(buf, sizeof(buf), SOCKS5_REP_SUCCEEDED, &bnd);
+	if (n < 0) {
+		conn_fail(w, c, SOCKS5_REP_GENERAL_FAILURE);
+		return;
+	}
+	c->result = SOCKS5_REP_SUCCEEDED;
+	c->state = CONN_REPLYING;
+	tx_append(c, buf, (size_t)n);
+	if (!(c->pending & CONN_OP_BIT(OP_SEND)))
+		hs_send(w, c);
+	if (c->early_len) {
+		/* data the client pipelined after its request goes out first */
+		struct io_uring_sqe *sqe = worker_sqe(w);
+		io_uring_prep_send(sqe, c->tfd, c->rbuf, c->early_len, MSG_NOSIGNAL);
+		sqe->user_data = worker_op(w, c, OP_SEND_T);
+	}
+}
+
+static void start_request(struct worker *w, struct conn *c)
+{
+	const struct socks5_request *req = &c->hs.req;
+
+	if (req->cmd != SOCKS5_CMD_CONNECT) {
+		conn_fail(w, c, SOCKS5_REP_CMD_NOT_SUPPORTED);
+		return;
+	}
+	conn_timer_set(&w->conns, c, TIMER_CONNECT, w->now_ms);
+	c->addr_i = 0;
+	c->last_err = EHOSTUNREACH;
+	if (req->dst.atyp == SOCKS5_ATYP_DOMAIN) {
+		if (strlen(req->dst.u.name) != req->dst.len) {
+			conn_fail(w, c, SOCKS5_REP_HOST_UNREACHABLE); /* embedded NUL */
+			return;
+		}
+		c->state = CONN_RESOLVING;
+		dns_resolve(w->dns, req->dst.u.name, req->dst.port,
+			    conn_ud(OP_NONE, c->gen, conn_index(&w->conns, c)));
+		return;
+	}
+	struct sockaddr_storage ss;
+	socklen_t len;
+	if (socks5_addr_to_sockaddr(&req->dst, &ss, &len) < 0) {
+		conn_fail(w, c, SOCKS5_REP_ATYP_NOT_SUPPORTED);
+		return;
+	}
+	memset(&c->addrs[0], 0, sizeof(c->addrs[0]));
+	memcpy(&c->addrs[0], &ss, len);
+	c->naddrs = 1;
+	connect_next(w, c);
+}
+
+void worker_resolved(struct worker *w, uint64_t ud, int status, const struct sockaddr_in6 *addrs,
+		     int n)
+{
+	struct conn *c = conn_lookup(&w->conns, ud);
+
+	if (!c || c->state != CONN_RESOLVING)
+		return; /* the client is gone or timed out */
+	if (status < 0 || n == 0) {
+		conn_fail(w, c, SOCKS5_REP_HOST_UNREACHABLE);
+		return;
+	}
+	memcpy(c->addrs, addrs, sizeof(addrs[0]) * (size_t)n);
+	c->naddrs = (uint8_t)n;
+	c->last_err = EHOSTUNREACH;
+	connect_next(w, c);
+}
+
+/* Feed received handshake bytes to the codec and act on what it asks. */
+static void hs_feed(struct worker *w, struct conn *c, size_t n)
+{
+	size_t pos = 0;
+
+	while (c->hs.state != SOCKS5_SRV_DONE && c->hs.state != SOCKS5_SRV_FAILED) {
+		size_t used = 0;
+		enum socks5_status st = socks5_server_feed(&c->hs, c->rbuf + pos, n - pos, &used);
+		pos += used;
+		switch (st) {
+		case SOCKS5_NEED_MORE:
+			goto flush;
+		case SOCKS5_SEND:
+			tx_append(c, c->hs.out, c->hs.out_len);
+			break;
+		case SOCKS5_CHECK_AUTH: {
+			int ok = config_check_user(w->cfg, c->hs.user, c->hs.user_len, c->hs.pass,
+						   c->hs.pass_len);
+			st = socks5_server_auth_verdict(&c->hs, ok);
+			tx_append(c, c->hs.out, c->hs.out_len);
+			if (st == SOCKS5_ERROR) {
+				log_info("auth failed for user '%s'", c->hs.user);
+				c->closing_after_send = 1;
+				goto flush;
+			}
+			break;
+		}
+		case SOCKS5_REQUEST:
+			c->early_len = (uint16_t)(n - pos);
+			memmove(c->rbuf, c->rbuf + pos, c->early_len);
+			goto flush;
+		case SOCKS5_REPLY:
+		case SOCKS5_ERROR:
+			/* a full reply (>= 10 bytes) carries a reply code; 05 FF / 01 01 do not */
+			c->result = c->hs.out_len >= 10 ? c->hs.reply : 0xFF;
+			if (c->hs.out_len)
+				tx_append(c, c->hs.out, c->hs.out_len);
+			c->closing_after_send = 1;
+			goto flush;
+		}
+	}
+flush:
+	if (c->tx_len > c->tx_off) {
+		hs_send(w, c); /* what comes next is decided when it is out */
+		return;
+	}
+	if (c->closing_after_send) {
+		conn_linger(w, c); /* nothing to say: e.g. not SOCKS5 at all */
+		return;
+	}
+	if (c->hs.state == SOCKS5_SRV_DONE)
+		start_request(w, c);
+	else
+		hs_recv(w, c);
+}
+
+static void on_recv(struct worker *w, struct conn *c, int res)
+{
+	if (c->state == CONN_LINGER) {
+		if (res > 0)
+			hs_recv(w, c);
+		else
+			worker_conn_close(w, c, NULL);
+		return;
+	}
+	if (c->state != CONN_HANDSHAKE)
+		return;
+	if (res <= 0) {
+		worker_conn_close(w, c, res == 0 ? "client closed during handshake"
+						 : "client error during handshake");
+		return;
+	}
+	hs_feed(w, c, (size_t)res);
+}
+
+static void maybe_start_relay(struct worker *w, struct conn *c)
+{
+	if (c->pending & (CONN_OP_BIT(OP_SEND) | CONN_OP_BIT(OP_SEND_T)))
+		return;
+	relay_start(w, c);
+}
+
+static void on_send(struct worker *w, struct conn *c, int res)
+{
+	if (res < 0) {
+		worker_conn_close(w, c, "client error during handshake");
+		return;
+	}
+	c->tx_off = (uint16_t)(c->tx_off + res);
+	if (c->tx_off < c->tx_len) {
+		hs_send(w, c);
+		return;
+	}
+	c->tx_off = c->tx_len = 0;
+	if (c->closing_after_send) {
+		conn_linger(w, c);
+		return;
+	}
+	switch (c->state) {
+	case CONN_HANDSHAKE:
+		if (c->hs.state == SOCKS5_SRV_DONE)
+			start_request(w, c);
+		else
+			hs_recv(w, c);
+		break;
+	case CONN_REPLYING:
+		maybe_start_relay(w, c);
+		break;
+	default:
+		break;
+	}
+}
+
+static void on_send_target(struct worker *w, struct conn *c, int res)
+{
+	if (res < 0) {
+		worker_conn_close(w, c, "target error");
+		return;
+	}
+	if (res < c->early_len) {
+		struct io_uring_sqe *sqe;
+		c->early_len = (uint16_t)(c->early_len - res);
+		memmove(c->rbuf, c->rbuf + res, c->early_len);
+		sqe = worker_sqe(w);
+		io_uring_prep_send(sqe, c->tfd, c->rbuf, c->early_len, MSG_NOSIGNAL);
+		sqe->user_data = worker_op(w, c, OP_SEND_T);
+		return;
+	}
+	c->dir[DIR_UP].bytes += (uint64_t)res;
+	c->early_len = 0;
+	maybe_start_relay(w, c);
+}
+
+static void on_timeout(struct worker *w, struct conn *c)
+{
+	conn_timer_clear(&w->conns, c);
+	switch (c->state) {
+	case CONN_HANDSHAKE:
+		worker_conn_close(w, c, "handshake timeout");
+		break;
+	case CONN_RESOLVING:
+	case CONN_CONNECTING:
+		/* a connect still in flight is cancelled by the close path or ignored */
+		if (c->pending & CONN_OP_BIT(OP_CONNECT)) {
+			struct io_uring_sqe *sqe = worker_sqe(w);
+			io_uring_prep_cancel64(
+				sqe, conn_ud(OP_CONNECT, c->gen, conn_index(&w->conns, c)), 0);
+			sqe->user_data = conn_ud(OP_IGNORE, 0, 0);
+		}
+		conn_fail(w, c, SOCKS5_REP_TTL_EXPIRED);
+		break;
+	default:
+		worker_conn_close(w, c, NULL);
+		break;
+	}
+}
+
+/* ---- the loop ---- */
+
+static void handle_cqe(struct worker *w, struct io_uring_cqe *cqe)
+{
+	uint64_t ud = cqe->user_data;
+	enum conn_op op = conn_ud_op(ud);
+	struct conn *c;
+
+	switch (op) {
+	case OP_ACCEPT:
+		on_accept(w, conn_ud_idx(ud), cqe->res, cqe->flags);
+		return;
+	case OP_WAKE:
+		return;
+	case OP_DNS_POLL:
+		dns_poll_event(w->dns, conn_ud_idx(ud), conn_ud_gen(ud), cqe->res);
+		return;
+	case OP_NONE:
+	case OP_IGNORE:
+	case OP__COUNT:
+		return;
+	default:
+		break;
+	}
+	c = conn_lookup(&w->conns, ud);
+	if (!c)
+		return; /* stale: the slot has a new tenant */
+	if (!(cqe->flags & IORING_CQE_F_MORE))
+		c->pending &= (uint16_t)~CONN_OP_BIT(op);
+	if (c->state == CONN_CLOSING) {
+		conn_free_if_idle(w, c);
+		return;
+	}
+	switch (op) {
+	case OP_RECV:
+		on_recv(w, c, cqe->res);
+		break;
+	case OP_SEND:
+		on_send(w, c, cqe->res);
+		break;
+	case OP_CONNECT:
+		on_connect(w, c, cqe->res);
+		break;
+	case OP_SEND_T:
+		on_send_target(w, c, cqe->res);
+		break;
+	case OP_POLLIN_C:
+	case OP_POLLIN_T:
+	case OP_POLLOUT_C:
+	case OP_POLLOUT_T:
+		if (c->state == CONN_RELAY)
+			relay_event(w, c, op, cqe->res);
+		break;
+	default:
+		break;
+	}
+}
+
+static int ring_setup(struct worker *w)
+{
+	static const unsigned tries[] = {
+		IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
+		IORING_SETUP_COOP_TASKRUN,
+		0,
+	};
+	int ret = -EINVAL;
+
+	for (size_t i = 0; i < sizeof(tries) / sizeof(tries[0]); i++) {
+		struct io_uring_params p;
+		memset(&p, 0, sizeof(p));
+		p.flags = tries[i] | IORING_SETUP_CQSIZE;
+		p.cq_entries = RING_CQ_ENTRIES;
+		ret = io_uring_queue_init_params(RING_ENTRIES, &w->ring, &p);
+		if (ret == 0) {
+			w->ring_flags = p.flags;
+			return 0;
+		}
+		if (ret != -EINVAL)
+			break;
+	}
+	return ret;
+}
+
+static void run_queued(struct worker *w)
+{
+	uint32_t n = w->runq_len;
+
+	/* only what was queued before this pass: a direction that requeues waits a turn */
+	for (uint32_t i = 0; i < n; i++) {
+		uint64_t ud = w->runq[w->runq_head];
+		struct conn *c;
+		w->runq_head = (w->runq_head + 1) % w->runq_cap;
+		w->runq_len--;
+		c = conn_lookup(&w->conns, ud);
+		if (c)
+			relay_resume(w, c, (int)conn_ud_op(ud));
+	}
+}
+
+static void stop_all(struct worker *w)
+{
+	for (int i = 0; i < w->nlisten; i++) {
+		if (w->listen_fd[i] >= 0)
+			close(w->listen_fd[i]);
+		w->listen_fd[i] = -1;
+	}
+	for (uint32_t i = 0; i < w->conns.size; i++) {
+		struct conn *c = &w->conns.slots[i];
+		if (c->state != CONN_FREE && c->state != CONN_CLOSING)
+			worker_conn_close(w, c, "shutting down");
+	}
+}
+
+static int worker_setup(struct worker *w)
+{
+	uint32_t slots;
+	struct rlimit rl;
+	int ret;
+
+	if (w->cpu >= 0) {
+		cpu_set_t set;
+		CPU_ZERO(&set);
+		CPU_SET(w->cpu, &set);
+		ret = pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+		if (ret) {
+			log_err("worker %d: cannot pin to CPU %d: %s", w->id, w->cpu,
+				strerror(ret));
+			return -ret;
+		}
+	}
+	ret = ring_setup(w);
+	if (ret < 0) {
+		log_err("worker %d: io_uring_queue_init: %s", w->id, strerror(-ret));
+		return ret;
+	}
+	/* a relay holds two sockets: size the table to what the descriptor limit allows */
+	getrlimit(RLIMIT_NOFILE, &rl);
+	slots = rl.rlim_cur > 64 ? (uint32_t)((rl.rlim_cur - 32) / 2) : 16;
+	if (w->cfg->max_conns && (uint64_t)w->cfg->max_conns < slots)
+		slots = (uint32_t)w->cfg->max_conns;
+	if ((ret = conn_table_init(&w->conns, slots)) < 0 ||
+	    (ret = pipe_pool_init(&w->pipes, RELAY_POOL_MAX)) < 0)
+		return ret;
+	w->conns.timers[TIMER_HANDSHAKE].timeout_ms =
+		(uint64_t)(w->cfg->handshake_timeout * 1000 + 0.5);
+	w->conns.timers[TIMER_CONNECT].timeout_ms = (uint64_t)(w->cfg->connect_timeout * 1000 + 0.5);
+	w->conns.timers[TIMER_LINGER].timeout_ms = LINGER_MS;
+	w->runq_cap = slots * 2;
+	w->runq = calloc(w->runq_cap, sizeof(*w->runq));
+	if (!w->runq)
+		return -ENOMEM;
+	if ((ret = dns_init(w, &w->dns)) < 0)
+		return ret;
+	return 0;
+}
+
+static void worker_teardown(struct worker *w)
+{
+	dns_destroy(w->dns);
+	w->dns = NULL;
+	pipe_pool_destroy(&w->pipes);
+	conn_table_free(&w->conns);
+	free(w->runq);
+	w->runq = NULL;
+	io_uring_queue_exit(&w->ring);
+}
+
+static void arm_wake(struct worker *w)
+{
+	struct io_uring_sqe *sqe = worker_sqe(w);
+	io_uring_prep_read(sqe, w->wake_fd, &w->wake_buf, sizeof(w->wake_buf), 0);
+	sqe->user_data = conn_ud(OP_WAKE, 0, 0);
+}
+
+void *worker_main(void *arg)
+{
+	struct worker *w = arg;
+
+	w->now_ms = worker_now_ms();
+	w->start_err = worker_setup(w);
+	pthread_barrier_wait(w->ready);
+	if (w->start_err < 0) {
+		worker_teardown(w);
+		return NULL;
+	}
+	for (int i = 0; i < w->nlisten; i++)
+		arm_accept(w, i);
+	arm_wake(w);
+
+	while (!atomic_load(&w->stop)) {
+		struct io_uring_cqe *cqe;
+		struct __kernel_timespec ts;
+		uint64_t next, dns_next;
+		unsigned head, count = 0;
+		struct conn *c;
+		int ret;
+
+		w->now_ms = worker_now_ms();
+		while ((c = conn_timer_expired(&w->conns, w->now_ms)))
+			on_timeout(w, c);
+		dns_next = dns_tick(w->dns, w->now_ms);
+		if (w->accept_retry_ms && w->now_ms >= w->accept_retry_ms) {
+			w->accept_retry_ms = 0;
+			for (int i = 0; i < w->nlisten; i++)
+				if (!(w->accept_armed & (1u << i)))
+					arm_accept(w, i);
+		}
+		next = conn_timer_next(&w->conns);
+		if (dns_next < next)
+			next = dns_next;
+		if (w->accept_retry_ms && w->accept_retry_ms < next)
+			next = w->accept_retry_ms;
+		if (w->runq_len)
+			next = w->now_ms;
+		if (next > w->now_ms + MAX_WAIT_MS)
+			next = w->now_ms + MAX_WAIT_MS;
+		next = next > w->now_ms ? next - w->now_ms : 0;
+		ts.tv_sec = (long long)(next / 1000);
+		ts.tv_nsec = (long long)(next % 1000) * 1000000;
+		ret = io_uring_submit_and_wait_timeout(&w->ring, &cqe, 1, &ts, NULL);
+		if (ret < 0 && ret != -ETIME && ret != -EINTR && ret != -EAGAIN &&
+		    ret != -EBUSY) {
+			log_err("worker %d: io_uring_enter: %s", w->id, strerror(-ret));
+			break;
+		}
+		w->now_ms = worker_now_ms();
+		io_uring_for_each_cqe(&w->ring, head, cqe)
+		{
+			handle_cqe(w, cqe);
+			count++;
+		}
+		io_uring_cq_advance(&w->ring, count);
+		if (w->runq_len)
+			run_queued(w);
+	}
+	stop_all(w);
+	worker_teardown(w);
+	return NULL;
+}

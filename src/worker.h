@@ -1,0 +1,78 @@
+/* worker.h - one worker thread: its io_uring, listeners, connection table, pipe pool and
+ * resolver. Nothing here is shared between workers except the process-wide live count. */
+#ifndef RINGSOCKS_WORKER_H
+#define RINGSOCKS_WORKER_H
+
+#include <liburing.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "conn.h"
+#include "relay.h"
+
+struct dns;
+
+struct worker_stats {
+	uint64_t accepted;
+	uint64_t refused_limit; /* closed at once: --max-conns or no free slot */
+	uint64_t accept_errors;
+	uint64_t sessions_ok;
+	uint64_t sessions_failed;
+};
+
+struct worker {
+	int id;
+	int cpu; /* -1: not pinned */
+	pthread_t thread;
+	const struct config *cfg;
+	struct io_uring ring;
+	unsigned ring_flags;
+	int listen_fd[CONFIG_MAX_LISTEN];
+	int nlisten;
+	uint32_t accept_armed; /* bit per listener */
+	uint64_t accept_retry_ms;
+	uint64_t accept_warn_ms;
+	int wake_fd;
+	uint64_t wake_buf;
+	atomic_int stop;
+	struct conn_table conns;
+	struct pipe_pool pipes;
+	struct dns *dns;
+	/* relay directions that used up their budget and have more to move */
+	uint64_t *runq;
+	uint32_t runq_head, runq_len, runq_cap;
+	uint64_t now_ms;
+	struct worker_stats stats;
+	int start_err; /* set when the thread failed to start */
+	pthread_barrier_t *ready;
+};
+
+/* Process-wide count of live client connections (for --max-conns). */
+extern atomic_long worker_live;
+
+/* Set up w (listeners already open in w->listen_fd) and run its loop until w->stop. */
+void *worker_main(void *arg);
+
+/* Ask a worker to stop (from another thread). */
+void worker_wake(struct worker *w);
+
+/* An SQE from the worker's ring, submitting first when the SQ is full. Never NULL. */
+struct io_uring_sqe *worker_sqe(struct worker *w);
+
+/* Track an operation of c in flight and return its user_data. */
+uint64_t worker_op(struct worker *w, struct conn *c, enum conn_op op);
+
+/* Close both sockets of c, cancel what is in flight, log the session; the slot is
+ * freed once nothing of it is in flight. */
+void worker_conn_close(struct worker *w, struct conn *c, const char *why);
+
+/* Called by the resolver with the addresses for a pending request (port already set),
+ * or status < 0 when the name did not resolve. */
+void worker_resolved(struct worker *w, uint64_t ud, int status, const struct sockaddr_in6 *addrs,
+		     int n);
+
+uint64_t worker_now_ms(void);
+
+#endif

@@ -1,0 +1,232 @@
+"""The relay phase: half-close in both directions, 64 MiB each way at once, back-pressure,
+ping-pong latency, concurrent transfers, destinations that close or reset."""
+
+import hashlib
+import os
+import socket
+import struct
+import sys
+import threading
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness as h  # noqa: E402
+
+MiB = 1 << 20
+
+
+def send_all_chunks(sock, data, chunk=256 * 1024):
+    mv = memoryview(data)
+    for i in range(0, len(mv), chunk):
+        sock.sendall(mv[i:i + chunk])
+
+
+def drain_hash(sock):
+    """Read to EOF; returns (byte count, sha256 hex)."""
+    hsh, n = hashlib.sha256(), 0
+    while True:
+        b = sock.recv(1 << 20)
+        if not b:
+            return n, hsh.hexdigest()
+        hsh.update(b)
+        n += len(b)
+
+
+class RelayTest(h.ProxyTestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.echo = h.EchoServer()
+        super().setUpClass()
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            super().tearDownClass()
+        finally:
+            cls.echo.close()
+
+    def test_half_close_client_first(self):
+        """client sends, shuts down its write side; the destination reads to EOF, waits, then
+        answers; the client gets the whole answer and then EOF."""
+        request = os.urandom(1 * MiB + 17)
+        bulk = os.urandom(2 * MiB + 3)
+
+        def handler(c, addr):
+            n, digest = drain_hash(c)  # EOF must arrive: the proxy propagated the half-close
+            time.sleep(0.5)  # the proxy must not close the other direction meanwhile
+            c.sendall(f"ANSWER {n} {digest}\n".encode())
+            send_all_chunks(c, bulk)
+            c.shutdown(socket.SHUT_WR)
+            return n, digest
+
+        with h.ThreadedServer(handler) as srv:
+            s, _ = h.socks_connect(self.proxy, "127.0.0.1", srv.port)
+            with s:
+                send_all_chunks(s, request)
+                s.shutdown(socket.SHUT_WR)
+                data, how = h.read_to_close(s, timeout=20 * h.SLOW)
+                srv.wait_done()
+                self.assertEqual(srv.errors, [])
+                head = f"ANSWER {len(request)} {h.sha256(request)}\n".encode()
+                self.assertEqual(data[:len(head)], head)
+                self.assertEqual(len(data), len(head) + len(bulk))
+                self.assertEqual(h.sha256(data[len(head):]), h.sha256(bulk))
+                self.assertEqual(how, "eof")
+
+    def test_half_close_destination_first(self):
+        """the destination sends and shuts down its write side first; the client reads to EOF,
+        then still sends its data, which the destination receives completely."""
+        hello = os.urandom(512 * 1024)
+        upload = os.urandom(768 * 1024 + 5)
+
+        def handler(c, addr):
+            send_all_chunks(c, hello)
+            c.shutdown(socket.SHUT_WR)
+            return drain_hash(c)
+
+        with h.ThreadedServer(handler) as srv:
+            s, _ = h.socks_connect(self.proxy, "127.0.0.1", srv.port)
+            with s:
+                got = bytearray()
+                while True:
+                    b = s.recv(65536)
+                    if not b:
+                        break
+                    got += b
+                self.assertEqual(h.sha256(got), h.sha256(hello))
+                time.sleep(0.3)
+                send_all_chunks(s, upload)  # must not fail: only one direction is closed
+                s.shutdown(socket.SHUT_WR)
+                srv.wait_done()
+                self.assertEqual(srv.errors, [])
+                self.assertEqual(srv.results, [(len(upload), h.sha256(upload))])
+                rest, how = h.read_to_close(s, timeout=10 * h.SLOW)
+                self.assertEqual(rest, b"")
+
+    def test_64mib_each_way_at_once(self):
+        up = os.urandom(64 * MiB)
+        down = os.urandom(64 * MiB)
+
+        def handler(c, addr):
+            t = threading.Thread(target=lambda: (send_all_chunks(c, down), c.shutdown(socket.SHUT_WR)))
+            t.start()
+            res = drain_hash(c)
+            t.join(60 * h.SLOW)
+            return res
+
+        with h.ThreadedServer(handler) as srv:
+            s, _ = h.socks_connect(self.proxy, "127.0.0.1", srv.port)
+            with s:
+                s.settimeout(60 * h.SLOW)
+                errs = []
+
+                def upload():
+                    try:
+                        send_all_chunks(s, up)
+                        s.shutdown(socket.SHUT_WR)
+                    except Exception as e:
+                        errs.append(e)
+
+                t0 = time.monotonic()
+                t = threading.Thread(target=upload)
+                t.start()
+                n, digest = drain_hash(s)
+                t.join(60 * h.SLOW)
+                srv.wait_done(timeout=60 * h.SLOW)
+                elapsed = time.monotonic() - t0
+            self.assertEqual(errs, [])
+            self.assertEqual(srv.errors, [])
+            self.assertEqual((n, digest), (len(down), h.sha256(down)), "client side")
+            self.assertEqual(srv.results, [(len(up), h.sha256(up))], "destination side")
+            print(f"  64 MiB each way in {elapsed:.2f}s", file=sys.stderr)
+
+    def test_back_pressure_slow_reader(self):
+        """the destination sends 16 MiB while the client does not read for a while: every
+        buffer on the way fills up, and then everything arrives intact."""
+        blob = os.urandom(16 * MiB)
+
+        def handler(c, addr):
+            send_all_chunks(c, blob)
+            c.shutdown(socket.SHUT_WR)
+            return drain_hash(c)
+
+        with h.ThreadedServer(handler) as srv:
+            s, _ = h.socks_connect(self.proxy, "127.0.0.1", srv.port)
+            with s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                time.sleep(1.0)
+                # and the other direction still works while this one is stalled
+                s.sendall(b"still alive")
+                n, digest = drain_hash(s)
+                self.assertEqual((n, digest), (len(blob), h.sha256(blob)))
+                s.shutdown(socket.SHUT_WR)
+                srv.wait_done()
+            self.assertEqual(srv.results, [(11, h.sha256(b"still alive"))])
+
+    def test_ping_pong(self):
+        s, _ = h.socks_connect(self.proxy, "127.0.0.1", self.echo.port)
+        with s:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            t0 = time.monotonic()
+            for i in range(1000):
+                msg = struct.pack("!I", i) + bytes([i % 251]) * (i % 97)
+                self.assertEqual(h.echo_roundtrip(s, msg), msg)
+            elapsed = time.monotonic() - t0
+        # loopback round trips take ~0.1 ms; a relay that waits for more data or a timer
+        # before forwarding small writes is orders of magnitude slower
+        self.assertLess(elapsed, 10 * h.SLOW, f"1000 round trips took {elapsed:.2f}s")
+        print(f"  1000 round trips in {elapsed:.3f}s", file=sys.stderr)
+
+    def test_concurrent_transfers(self):
+        results, errs = {}, []
+
+        def worker(i):
+            try:
+                blob = os.urandom(2 * MiB + i)
+                s, _ = h.socks_connect(self.proxy, "127.0.0.1", self.echo.port)
+                with s:
+                    s.settimeout(60 * h.SLOW)
+                    t = threading.Thread(target=lambda: (send_all_chunks(s, blob), s.shutdown(socket.SHUT_WR)))
+                    t.start()
+                    results[i] = (drain_hash(s) == (len(blob), h.sha256(blob)))
+                    t.join()
+            except Exception as e:
+                errs.append(f"{i}: {e!r}")
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120 * h.SLOW)
+        self.assertEqual(errs, [])
+        self.assertEqual(results, {i: True for i in range(16)})
+
+    def test_destination_closes_at_once(self):
+        with h.ThreadedServer(lambda c, a: None) as srv:
+            s, r = h.socks_connect(self.proxy, "127.0.0.1", srv.port)
+            with s:
+                data, how = h.read_to_close(s, timeout=10 * h.SLOW)
+                self.assertEqual(data, b"")
+
+    def test_destination_resets(self):
+        def handler(c, addr):
+            c.sendall(b"partial")
+            time.sleep(0.2)
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+        with h.ThreadedServer(handler) as srv:
+            for _ in range(5):
+                s, r = h.socks_connect(self.proxy, "127.0.0.1", srv.port)
+                with s:
+                    try:
+                        s.sendall(os.urandom(256 * 1024))
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass
+                    data, how = h.read_to_close(s, timeout=10 * h.SLOW)
+                    self.assertEqual(data, b"partial")
+            srv.wait_done(5)
+
+
+if __name__ == "__main__":
+    h.main()
