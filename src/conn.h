@@ -95,6 +95,7 @@ struct conn {
 	uint64_t start_ms;
 	struct relay_dir dir[2];
 	struct sockaddr_in6 addrs[CONN_MAX_ADDRS]; /* big enough for sockaddr_in too */
+	struct sockaddr_in6 peer;                  /* the client, recorded at -v only */
 	struct socks5_server hs;
 	uint8_t rbuf[CONN_RBUF];
 	uint8_t txbuf[CONN_TXBUF];

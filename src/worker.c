@@ -128,6 +128,10 @@ static void on_accept(struct worker *w, uint32_t li, int res, unsigned flags)
 	c->cfd = res;
 	c->start_ms = w->now_ms;
 	set_nodelay(res);
+	if (log_verbose) {
+		socklen_t len = sizeof(c->peer);
+		getpeername(res, (struct sockaddr *)&c->peer, &len);
+	}
 	socks5_server_init(&c->hs, w->cfg->nusers ? SOCKS5_OFFER_USERPASS : SOCKS5_OFFER_NOAUTH);
 	conn_timer_set(&w->conns, c, TIMER_HANDSHAKE, w->now_ms);
 	hs_recv(w, c);
@@ -144,12 +148,9 @@ static void conn_free_if_idle(struct worker *w, struct conn *c)
 static void log_session(struct worker *w, struct conn *c, const char *why)
 {
 	char client[INET6_ADDRSTRLEN + 8] = "?", dst[SOCKS5_MAX_NAME + 16] = "-";
-	struct sockaddr_storage ss;
-	socklen_t len = sizeof(ss);
 	struct socks5_addr a;
 
-	if (c->cfd >= 0 && getpeername(c->cfd, (struct sockaddr *)&ss, &len) == 0 &&
-	    socks5_addr_from_sockaddr(&a, (struct sockaddr *)&ss) == 0)
+	if (socks5_addr_from_sockaddr(&a, (struct sockaddr *)&c->peer) == 0)
 		socks5_addr_str(&a, client, sizeof(client));
 	if (c->hs.state == SOCKS5_SRV_DONE)
 		socks5_addr_str(&c->hs.req.dst, dst, sizeof(dst));

@@ -1,0 +1,141 @@
+/* test_config.c - command-line parsing: defaults, every flag, and exact rejections. */
+#include <arpa/inet.h>
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <string.h>
+
+#include "config.h"
+
+static int parse(struct config *cfg, char *err, int argc, char **argv)
+{
+	return config_parse(cfg, argc, argv, err, 256);
+}
+
+#define ARGS(...) ((char *[]){"ringsocks", __VA_ARGS__, NULL})
+#define NARGS(...) ((int)(sizeof((char *[]){"ringsocks", __VA_ARGS__}) / sizeof(char *)))
+
+Test(config, defaults_listen_on_localhost_1080)
+{
+	struct config cfg;
+	char err[256];
+	char *argv[] = {"ringsocks", NULL};
+	cr_assert_eq(parse(&cfg, err, 1, argv), 0);
+	cr_assert_eq(cfg.nlisten, 1);
+	struct sockaddr_in *a = (struct sockaddr_in *)&cfg.listen[0];
+	cr_assert_eq(a->sin_family, AF_INET);
+	cr_assert_eq(ntohs(a->sin_port), 1080);
+	cr_assert_eq(a->sin_addr.s_addr, htonl(INADDR_LOOPBACK));
+	cr_assert_geq(cfg.workers, 1);
+	cr_assert_float_eq(cfg.handshake_timeout, 10.0, 1e-9);
+	cr_assert_float_eq(cfg.connect_timeout, 10.0, 1e-9);
+	cr_assert_eq(cfg.nusers, 0);
+	cr_assert_eq(cfg.max_conns, 0);
+	cr_assert_str_empty(cfg.resolver);
+	config_free(&cfg);
+}
+
+Test(config, parses_every_flag)
+{
+	struct config cfg;
+	char err[256];
+	char **argv = ARGS("-l", "[::1]:1081", "--listen", "127.0.0.2:9", "-w", "2", "--cpus",
+			   "0-1", "--user", "alice:se:cret", "--user", "bob:", "--resolver",
+			   "127.0.0.1:5353", "--handshake-timeout", "0.5", "--connect-timeout", "3",
+			   "--max-conns", "100", "-v");
+	cr_assert_eq(parse(&cfg, err, NARGS("-l", "[::1]:1081", "--listen", "127.0.0.2:9", "-w",
+					    "2", "--cpus", "0-1", "--user", "alice:se:cret",
+					    "--user", "bob:", "--resolver", "127.0.0.1:5353",
+					    "--handshake-timeout", "0.5", "--connect-timeout", "3",
+					    "--max-conns", "100", "-v"),
+			   argv),
+		     0, "%s", err);
+	cr_assert_eq(cfg.nlisten, 2);
+	cr_assert_eq(cfg.listen[0].ss_family, AF_INET6);
+	cr_assert_eq(ntohs(((struct sockaddr_in6 *)&cfg.listen[0])->sin6_port), 1081);
+	cr_assert_eq(cfg.workers, 2);
+	cr_assert_eq(cfg.ncpus, 2);
+	cr_assert_eq(cfg.cpus[1], 1);
+	cr_assert_eq(cfg.nusers, 2);
+	cr_assert_str_eq(cfg.users[0].pass, "se:cret", "the first colon splits");
+	cr_assert_eq(cfg.users[1].pass_len, 0);
+	cr_assert_str_eq(cfg.resolver, "127.0.0.1:5353");
+	cr_assert_float_eq(cfg.handshake_timeout, 0.5, 1e-9);
+	cr_assert_eq(cfg.max_conns, 100);
+	cr_assert_eq(cfg.verbose, 1);
+	cr_assert(config_check_user(&cfg, "alice", 5, "se:cret", 7));
+	cr_assert_not(config_check_user(&cfg, "alice", 5, "se:cre", 6));
+	cr_assert_not(config_check_user(&cfg, "alicx", 5, "se:cret", 7));
+	cr_assert(config_check_user(&cfg, "bob", 3, "", 0));
+	config_free(&cfg);
+}
+
+Test(config, resolver_defaults_to_port_53_and_brackets_ipv6)
+{
+	struct config cfg;
+	char err[256];
+	cr_assert_eq(parse(&cfg, err, NARGS("--resolver", "::1"), ARGS("--resolver", "::1")), 0);
+	cr_assert_str_eq(cfg.resolver, "[::1]:53");
+	config_free(&cfg);
+}
+
+struct bad_case {
+	const char *flag, *value, *msg;
+};
+
+Test(config, rejects_bad_values_with_one_line)
+{
+	static const struct bad_case cases[] = {
+		{"-w", "0", "--workers"},
+		{"-w", "x", "--workers"},
+		{"--listen", "nonsense", "--listen"},
+		{"--listen", "127.0.0.1:70000", "--listen"},
+		{"--listen", "::1:80", "--listen"},
+		{"--listen", "localhost:80", "--listen"},
+		{"--user", "nopass", "--user"},
+		{"--user", ":pw", "--user"},
+		{"--cpus", "1-0", "--cpus"},
+		{"--cpus", "a", "--cpus"},
+		{"--handshake-timeout", "0", "--handshake-timeout"},
+		{"--handshake-timeout", "-1", "--handshake-timeout"},
+		{"--connect-timeout", "nan", "--connect-timeout"},
+		{"--max-conns", "0", "--max-conns"},
+		{"--resolver", "example.com", "--resolver"},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct config cfg;
+		char err[256];
+		char *argv[] = {"ringsocks", (char *)cases[i].flag, (char *)cases[i].value, NULL};
+		cr_assert_eq(parse(&cfg, err, 3, argv), -EINVAL, "%s %s", cases[i].flag,
+			     cases[i].value);
+		cr_assert_not_null(strstr(err, cases[i].msg), "%s", err);
+		cr_assert_null(strchr(err, '\n'));
+		config_free(&cfg);
+	}
+}
+
+Test(config, rejects_unknown_flag_missing_value_and_stray_argument)
+{
+	struct config cfg;
+	char err[256];
+	cr_assert_eq(parse(&cfg, err, 2, ARGS("--bogus")), -EINVAL);
+	cr_assert_not_null(strstr(err, "unknown option '--bogus'"), "%s", err);
+	config_free(&cfg);
+	cr_assert_eq(parse(&cfg, err, 2, ARGS("--listen")), -EINVAL);
+	cr_assert_not_null(strstr(err, "needs a value"), "%s", err);
+	config_free(&cfg);
+	cr_assert_eq(parse(&cfg, err, 2, ARGS("stray")), -EINVAL);
+	cr_assert_not_null(strstr(err, "unexpected argument"), "%s", err);
+	config_free(&cfg);
+}
+
+Test(config, cpus_fewer_than_workers_is_an_error)
+{
+	struct config cfg;
+	char err[256];
+	cr_assert_eq(parse(&cfg, err, 5, ARGS("-w", "3", "--cpus", "0,1")), -EINVAL);
+	cr_assert_not_null(strstr(err, "--cpus lists 2 CPUs for 3 workers"), "%s", err);
+	config_free(&cfg);
+	cr_assert_eq(parse(&cfg, err, 3, ARGS("--cpus", "1")), 0);
+	cr_assert_eq(cfg.workers, 1, "workers default to the pinned CPUs");
+	config_free(&cfg);
+}

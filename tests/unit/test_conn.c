@@ -1,0 +1,90 @@
+/* test_conn.c - the connection table: slot reuse, generations, stale completions, deadlines. */
+#include <criterion/criterion.h>
+
+#include "conn.h"
+
+static struct conn_table t;
+
+static void setup(void)
+{
+	cr_assert_eq(conn_table_init(&t, 4), 0);
+}
+static void teardown(void)
+{
+	conn_table_free(&t);
+}
+
+TestSuite(conn, .init = setup, .fini = teardown);
+
+Test(conn, hands_out_every_slot_then_null)
+{
+	struct conn *c[4];
+	for (int i = 0; i < 4; i++) {
+		c[i] = conn_alloc(&t);
+		cr_assert_not_null(c[i]);
+		cr_assert_eq(c[i]->state, CONN_HANDSHAKE);
+		cr_assert_eq(c[i]->cfd, -1);
+		cr_assert_eq(c[i]->dir[0].pipe, -1);
+	}
+	cr_assert_null(conn_alloc(&t));
+	cr_assert_eq(t.live, 4);
+	conn_release(&t, c[2]);
+	cr_assert_eq(conn_alloc(&t), c[2], "a released slot is reused first (LIFO)");
+}
+
+Test(conn, stale_user_data_is_dropped_after_release)
+{
+	struct conn *c = conn_alloc(&t);
+	uint32_t idx = conn_index(&t, c);
+	uint64_t ud = conn_ud(OP_RECV, c->gen, idx);
+
+	cr_assert_eq(conn_lookup(&t, ud), c);
+	conn_release(&t, c);
+	cr_assert_null(conn_lookup(&t, ud), "free slot");
+	struct conn *again = conn_alloc(&t);
+	cr_assert_eq(again, c);
+	cr_assert_null(conn_lookup(&t, ud), "new tenant has a new generation");
+	cr_assert_eq(conn_lookup(&t, conn_ud(OP_RECV, again->gen, idx)), again);
+}
+
+Test(conn, user_data_round_trips_fields)
+{
+	uint64_t ud = conn_ud(OP_POLLOUT_T, 0xABCDEF, 123456);
+	cr_assert_eq(conn_ud_op(ud), OP_POLLOUT_T);
+	cr_assert_eq(conn_ud_gen(ud), 0xABCDEF);
+	cr_assert_eq(conn_ud_idx(ud), 123456);
+	cr_assert_null(conn_lookup(&t, conn_ud(OP_RECV, 0, 99)), "index out of range");
+}
+
+Test(conn, generation_wraps_within_24_bits)
+{
+	struct conn *c = conn_alloc(&t);
+	c->gen = 0xFFFFFF;
+	conn_release(&t, c);
+	cr_assert_eq(c->gen, 0);
+}
+
+Test(conn, deadlines_expire_in_order_and_clear)
+{
+	t.timers[TIMER_HANDSHAKE].timeout_ms = 100;
+	t.timers[TIMER_CONNECT].timeout_ms = 50;
+	struct conn *a = conn_alloc(&t), *b = conn_alloc(&t), *c = conn_alloc(&t);
+
+	conn_timer_set(&t, a, TIMER_HANDSHAKE, 1000); /* 1100 */
+	conn_timer_set(&t, b, TIMER_HANDSHAKE, 1010); /* 1110 */
+	conn_timer_set(&t, c, TIMER_CONNECT, 1040);   /* 1090 */
+	cr_assert_eq(conn_timer_next(&t), 1090);
+	cr_assert_null(conn_timer_expired(&t, 1089));
+	cr_assert_eq(conn_timer_expired(&t, 1095), c);
+	conn_timer_clear(&t, c);
+	cr_assert_null(conn_timer_expired(&t, 1095));
+	cr_assert_eq(conn_timer_expired(&t, 1105), a);
+	/* moving a to another list keeps b's place */
+	conn_timer_set(&t, a, TIMER_CONNECT, 1105);
+	cr_assert_eq(conn_timer_expired(&t, 1112), b);
+	conn_release(&t, b); /* release unlinks too */
+	cr_assert_null(conn_timer_expired(&t, 1112));
+	cr_assert_eq(conn_timer_next(&t), 1155);
+	conn_timer_clear(&t, a);
+	cr_assert_eq(conn_timer_next(&t), UINT64_MAX);
+}
