@@ -14,24 +14,37 @@
 #define DEFAULT_LISTEN "127.0.0.1:1080"
 
 static const char usage[] =
-	"usage: ringsocks [options]\n"
-	"A SOCKS5 proxy on io_uring (RFC 1928 CONNECT, RFC 1929 username/password).\n"
-	"\n"
-	"  -l, --listen ADDR:PORT      listen address, repeatable; IPv6 as [::1]:1080\n"
-	"                              (default " DEFAULT_LISTEN ")\n"
-	"  -w, --workers N             worker threads, one io_uring each (default: online CPUs)\n"
-	"      --cpus LIST             pin worker i to the i-th CPU of LIST, e.g. 0,1 or 0-3\n"
-	"      --user NAME:PASS        require RFC 1929 username/password; repeatable\n"
-	"      --resolver IP:PORT      DNS server for domain names (default: /etc/resolv.conf)\n"
-	"      --handshake-timeout S   close clients that have not finished the handshake\n"
-	"                              after S seconds (default 10)\n"
-	"      --connect-timeout S     give up connecting to a destination after S seconds;\n"
-	"                              the client gets reply 6 (default 10)\n"
-	"      --max-conns N           at most N live client connections per process; more\n"
-	"                              are closed at once (default: limited by descriptors)\n"
-	"  -v, --verbose               log one line per session\n"
-	"  -h, --help                  show this help\n"
-	"      --version               show the version\n";
+    "usage: ringsocks [options]\n"
+    "A SOCKS5 proxy on io_uring (RFC 1928 CONNECT, RFC 1929 username/password).\n"
+    "\n"
+    "  -l, --listen ADDR:PORT      listen address, repeatable; IPv6 as [::1]:1080\n"
+    "                              (default " DEFAULT_LISTEN ")\n"
+    "  -w, --workers N             worker threads, one io_uring each (default: online CPUs)\n"
+    "      --cpus LIST             pin worker i to the i-th CPU of LIST, e.g. 0,1 or 0-3\n"
+    "      --user NAME:PASS        require RFC 1929 username/password; repeatable\n"
+    "      --resolver IP:PORT      DNS server for domain names (default: /etc/resolv.conf)\n"
+    "      --handshake-timeout S   close clients that have not finished the handshake\n"
+    "                              after S seconds (default 10)\n"
+    "      --connect-timeout S     give up connecting to a destination after S seconds;\n"
+    "                              the client gets reply 6 (default 10)\n"
+    "      --max-conns N           at most N live client connections per process; more\n"
+    "                              are closed at once (default: limited by descriptors)\n"
+    "      --upstream URL          forwarder mode: send every request unchanged through\n"
+    "                              the SOCKS5 proxy socks5://[USER:PASS@]HOST:PORT;\n"
+    "                              repeatable (round-robin with failover)\n"
+    "  -v, --verbose               log one line per session\n"
+    "  -h, --help                  show this help\n"
+    "      --version               show the version\n"
+    "\n"
+    "usage: ringsocks tunnel -L [BIND_ADDR:]PORT:DEST_HOST:DEST_PORT... --via URL [options]\n"
+    "Forward every TCP connection to a local port through a SOCKS5 proxy to one destination.\n"
+    "\n"
+    "  -L SPEC                     local port and fixed destination, repeatable; BIND_ADDR\n"
+    "                              defaults to 127.0.0.1; IPv6 in brackets; a DEST_HOST name\n"
+    "                              is sent to the proxy to resolve\n"
+    "      --via URL               the proxy, socks5://[USER:PASS@]HOST:PORT; repeatable\n"
+    "                              (failover)\n"
+    "  -w, --cpus, --resolver, --connect-timeout, --max-conns, -v as above\n";
 
 enum {
 	OPT_CPUS = 256,
@@ -41,21 +54,25 @@ enum {
 	OPT_CONN_TIMEOUT,
 	OPT_MAX_CONNS,
 	OPT_VERSION,
+	OPT_UPSTREAM,
+	OPT_VIA,
 };
 
 static const struct option long_opts[] = {
-	{"listen", required_argument, NULL, 'l'},
-	{"workers", required_argument, NULL, 'w'},
-	{"cpus", required_argument, NULL, OPT_CPUS},
-	{"user", required_argument, NULL, OPT_USER},
-	{"resolver", required_argument, NULL, OPT_RESOLVER},
-	{"handshake-timeout", required_argument, NULL, OPT_HS_TIMEOUT},
-	{"connect-timeout", required_argument, NULL, OPT_CONN_TIMEOUT},
-	{"max-conns", required_argument, NULL, OPT_MAX_CONNS},
-	{"verbose", no_argument, NULL, 'v'},
-	{"help", no_argument, NULL, 'h'},
-	{"version", no_argument, NULL, OPT_VERSION},
-	{NULL, 0, NULL, 0},
+    {"listen", required_argument, NULL, 'l'},
+    {"workers", required_argument, NULL, 'w'},
+    {"cpus", required_argument, NULL, OPT_CPUS},
+    {"user", required_argument, NULL, OPT_USER},
+    {"resolver", required_argument, NULL, OPT_RESOLVER},
+    {"handshake-timeout", required_argument, NULL, OPT_HS_TIMEOUT},
+    {"connect-timeout", required_argument, NULL, OPT_CONN_TIMEOUT},
+    {"max-conns", required_argument, NULL, OPT_MAX_CONNS},
+    {"verbose", no_argument, NULL, 'v'},
+    {"help", no_argument, NULL, 'h'},
+    {"version", no_argument, NULL, OPT_VERSION},
+    {"upstream", required_argument, NULL, OPT_UPSTREAM},
+    {"via", required_argument, NULL, OPT_VIA},
+    {NULL, 0, NULL, 0},
 };
 
 int config_parse_hostport(const char *s, struct sockaddr_storage *ss, socklen_t *len)
@@ -227,6 +244,172 @@ static int set_resolver(struct config *cfg, const char *s)
 	return port ? 0 : -EINVAL;
 }
 
+/* A host of n bytes: "[v6]", an IPv4 literal, or a DNS name. */
+static int parse_host(const char *s, size_t n, uint16_t port, struct socks5_addr *a)
+{
+	char tmp[SOCKS5_MAX_NAME + 1];
+
+	memset(a, 0, sizeof(*a));
+	a->port = port;
+	if (n >= 2 && s[0] == '[' && s[n - 1] == ']') {
+		if (n - 2 >= sizeof(tmp) || n - 2 == 0)
+			return -EINVAL;
+		memcpy(tmp, s + 1, n - 2);
+		tmp[n - 2] = '\0';
+		if (inet_pton(AF_INET6, tmp, a->u.ipv6) != 1)
+			return -EINVAL;
+		a->atyp = SOCKS5_ATYP_IPV6;
+		a->len = 16;
+		return 0;
+	}
+	if (n == 0 || n > SOCKS5_MAX_NAME)
+		return -EINVAL;
+	memcpy(tmp, s, n);
+	tmp[n] = '\0';
+	if (inet_pton(AF_INET, tmp, a->u.ipv4) == 1) {
+		a->atyp = SOCKS5_ATYP_IPV4;
+		a->len = 4;
+		return 0;
+	}
+	for (size_t i = 0; i < n; i++) {
+		char ch = tmp[i];
+		if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+		      (ch >= '0' && ch <= '9') || ch == '-' || ch == '.' || ch == '_'))
+			return -EINVAL;
+	}
+	a->atyp = SOCKS5_ATYP_DOMAIN;
+	a->len = (uint8_t)n;
+	memcpy(a->u.name, tmp, n + 1);
+	return 0;
+}
+
+/* Where the ":PORT" of "HOST:PORT" starts (HOST may be bracketed), or NULL. */
+static const char *port_colon(const char *s, size_t n)
+{
+	for (size_t i = n; i-- > 0;) {
+		if (s[i] == ':')
+			return s + i;
+		if (s[i] == ']')
+			return NULL;
+	}
+	return NULL;
+}
+
+static int parse_port(const char *s, size_t n, int allow_zero, uint16_t *port)
+{
+	long v = 0;
+
+	if (n == 0 || n > 5)
+		return -EINVAL;
+	for (size_t i = 0; i < n; i++) {
+		if (s[i] < '0' || s[i] > '9')
+			return -EINVAL;
+		v = v * 10 + (s[i] - '0');
+	}
+	if (v > 65535 || (v == 0 && !allow_zero))
+		return -EINVAL;
+	*port = (uint16_t)v;
+	return 0;
+}
+
+static int hexval(char ch)
+{
+	if (ch >= '0' && ch <= '9')
+		return ch - '0';
+	if (ch >= 'a' && ch <= 'f')
+		return ch - 'a' + 10;
+	if (ch >= 'A' && ch <= 'F')
+		return ch - 'A' + 10;
+	return -1;
+}
+
+/* Copy s[0..n) to out, decoding %XX; fails on a bad escape or when it does not fit. */
+static int unescape(const char *s, size_t n, char *out, size_t cap, size_t *outlen)
+{
+	size_t o = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		int ch = (unsigned char)s[i];
+		if (ch == '%') {
+			if (i + 2 > n - 1 || hexval(s[i + 1]) < 0 || hexval(s[i + 2]) < 0)
+				return -EINVAL;
+			ch = hexval(s[i + 1]) * 16 + hexval(s[i + 2]);
+			i += 2;
+		}
+		if (o + 1 >= cap)
+			return -EINVAL;
+		out[o++] = (char)ch;
+	}
+	out[o] = '\0';
+	*outlen = o;
+	return 0;
+}
+
+int config_parse_upstream(const char *url, struct config_upstream *u)
+{
+	const char *p, *at, *colon, *end;
+	size_t ulen = 0, plen = 0;
+	uint16_t port;
+
+	memset(u, 0, sizeof(*u));
+	if (strncmp(url, "socks5://", 9) == 0)
+		p = url + 9;
+	else if (strncmp(url, "socks5h://", 10) == 0)
+		p = url + 10;
+	else
+		return -EINVAL;
+	end = p + strlen(p);
+	if (end > p && end[-1] == '/')
+		end--;
+	at = memrchr(p, '@', (size_t)(end - p));
+	if (at) {
+		const char *sep = memchr(p, ':', (size_t)(at - p));
+		if (!sep)
+			return -EINVAL;
+		if (unescape(p, (size_t)(sep - p), u->user, sizeof(u->user), &ulen) < 0 ||
+		    unescape(sep + 1, (size_t)(at - sep - 1), u->pass, sizeof(u->pass), &plen) <
+		        0 ||
+		    ulen == 0)
+			return -EINVAL;
+		u->has_auth = 1;
+		p = at + 1;
+	}
+	colon = port_colon(p, (size_t)(end - p));
+	if (!colon || parse_port(colon + 1, (size_t)(end - colon - 1), 0, &port) < 0 ||
+	    parse_host(p, (size_t)(colon - p), port, &u->addr) < 0)
+		return -EINVAL;
+	snprintf(u->text, sizeof(u->text), "%.*s", (int)(end - p), p);
+	return 0;
+}
+
+int config_parse_tunnel(const char *spec, struct sockaddr_storage *ss, socklen_t *len,
+                        struct socks5_addr *dst)
+{
+	size_t n = strlen(spec);
+	const char *c1, *c2;
+	uint16_t dport, lport;
+	char bind[INET6_ADDRSTRLEN + 16];
+
+	c1 = port_colon(spec, n); /* before DEST_PORT */
+	if (!c1 || parse_port(c1 + 1, n - (size_t)(c1 - spec) - 1, 0, &dport) < 0)
+		return -EINVAL;
+	c2 = port_colon(spec, (size_t)(c1 - spec)); /* before DEST_HOST */
+	if (!c2 || parse_host(c2 + 1, (size_t)(c1 - c2 - 1), dport, dst) < 0)
+		return -EINVAL;
+	/* what is left: "PORT" or "BIND_ADDR:PORT" */
+	const char *c3 = port_colon(spec, (size_t)(c2 - spec));
+	if (!c3) {
+		if (parse_port(spec, (size_t)(c2 - spec), 0, &lport) < 0)
+			return -EINVAL;
+		snprintf(bind, sizeof(bind), "127.0.0.1:%u", lport);
+	} else {
+		if ((size_t)(c2 - spec) >= sizeof(bind))
+			return -EINVAL;
+		snprintf(bind, sizeof(bind), "%.*s", (int)(c2 - spec), spec);
+	}
+	return config_parse_hostport(bind, ss, len);
+}
+
 int config_parse(struct config *cfg, int argc, char **argv, char *err, size_t errlen)
 {
 	int opt;
@@ -237,6 +420,11 @@ int config_parse(struct config *cfg, int argc, char **argv, char *err, size_t er
 	cfg->connect_timeout = 10;
 	opterr = 0;
 	optind = 1;
+	if (argc > 1 && strcmp(argv[1], "tunnel") == 0) {
+		cfg->mode = MODE_TUNNEL;
+		argv++;
+		argc--;
+	}
 
 #define FAIL(...)                                                                                  \
 	do {                                                                                       \
@@ -244,13 +432,41 @@ int config_parse(struct config *cfg, int argc, char **argv, char *err, size_t er
 		return -EINVAL;                                                                    \
 	} while (0)
 
-	while ((opt = getopt_long(argc, argv, ":l:w:vh", long_opts, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, ":l:L:w:vh", long_opts, NULL)) != -1) {
 		switch (opt) {
+		case 'L':
+			if (cfg->mode != MODE_TUNNEL)
+				FAIL("-L belongs to 'ringsocks tunnel' (see --help)");
+			if (cfg->nlisten == CONFIG_MAX_LISTEN)
+				FAIL("too many -L tunnels (at most %d)", CONFIG_MAX_LISTEN);
+			if (config_parse_tunnel(optarg, &cfg->listen[cfg->nlisten],
+			                        &cfg->listen_len[cfg->nlisten],
+			                        &cfg->tunnel_dst[cfg->nlisten]) < 0)
+				FAIL("-L: '%s' is not [BIND_ADDR:]PORT:DEST_HOST:DEST_PORT",
+				     optarg);
+			cfg->nlisten++;
+			break;
+		case OPT_UPSTREAM:
+		case OPT_VIA:
+			if ((opt == OPT_VIA) != (cfg->mode == MODE_TUNNEL))
+				FAIL("%s belongs to %s (see --help)",
+				     opt == OPT_VIA ? "--via" : "--upstream",
+				     opt == OPT_VIA ? "'ringsocks tunnel'" : "server mode");
+			if (cfg->nupstreams == CONFIG_MAX_UPSTREAMS)
+				FAIL("too many upstream proxies (at most %d)",
+				     CONFIG_MAX_UPSTREAMS);
+			if (config_parse_upstream(optarg, &cfg->upstreams[cfg->nupstreams]) < 0)
+				FAIL("%s: '%s' is not socks5://[USER:PASS@]HOST:PORT",
+				     opt == OPT_VIA ? "--via" : "--upstream", optarg);
+			cfg->nupstreams++;
+			break;
 		case 'l':
+			if (cfg->mode == MODE_TUNNEL)
+				FAIL("a tunnel listens where -L says; -l is for server mode");
 			if (cfg->nlisten == CONFIG_MAX_LISTEN)
 				FAIL("too many --listen addresses (at most %d)", CONFIG_MAX_LISTEN);
 			if (config_parse_hostport(optarg, &cfg->listen[cfg->nlisten],
-						  &cfg->listen_len[cfg->nlisten]) < 0)
+			                          &cfg->listen_len[cfg->nlisten]) < 0)
 				FAIL("--listen: '%s' is not ADDR:PORT (IPv6 as [ADDR]:PORT)",
 				     optarg);
 			cfg->nlisten++;
@@ -265,6 +481,9 @@ int config_parse(struct config *cfg, int argc, char **argv, char *err, size_t er
 				FAIL("--cpus: '%s' is not a CPU list like 0,1 or 0-3", optarg);
 			break;
 		case OPT_USER:
+			if (cfg->mode == MODE_TUNNEL)
+				FAIL("--user is for server mode; a tunnel's proxy credentials go "
+				     "in --via");
 			if (add_user(cfg, optarg) < 0)
 				FAIL("--user: '%s' is not NAME:PASS (name 1-255 bytes, password at "
 				     "most 255)",
@@ -276,8 +495,9 @@ int config_parse(struct config *cfg, int argc, char **argv, char *err, size_t er
 			break;
 		case OPT_HS_TIMEOUT:
 			if (parse_seconds(optarg, &cfg->handshake_timeout) < 0)
-				FAIL("--handshake-timeout: '%s' is not a positive number of seconds",
-				     optarg);
+				FAIL(
+				    "--handshake-timeout: '%s' is not a positive number of seconds",
+				    optarg);
 			break;
 		case OPT_CONN_TIMEOUT:
 			if (parse_seconds(optarg, &cfg->connect_timeout) < 0)
@@ -306,9 +526,13 @@ int config_parse(struct config *cfg, int argc, char **argv, char *err, size_t er
 	}
 	if (optind < argc)
 		FAIL("unexpected argument '%s' (see --help)", argv[optind]);
+	if (cfg->mode == MODE_TUNNEL && cfg->nlisten == 0)
+		FAIL("tunnel needs at least one -L [BIND_ADDR:]PORT:DEST_HOST:DEST_PORT");
+	if (cfg->mode == MODE_TUNNEL && cfg->nupstreams == 0)
+		FAIL("tunnel needs --via socks5://[USER:PASS@]HOST:PORT");
 	if (cfg->nlisten == 0)
 		config_parse_hostport(DEFAULT_LISTEN, &cfg->listen[0], &cfg->listen_len[0]),
-			cfg->nlisten = 1;
+		    cfg->nlisten = 1;
 	if (cfg->workers == 0)
 		cfg->workers = cfg->ncpus ? cfg->ncpus : (int)sysconf(_SC_NPROCESSORS_ONLN);
 	if (cfg->workers < 1)
@@ -336,7 +560,7 @@ static int ct_equal(const char *a, size_t alen, const char *b, size_t blen)
 }
 
 int config_check_user(const struct config *cfg, const char *user, size_t ulen, const char *pass,
-		      size_t plen)
+                      size_t plen)
 {
 	int ok = 0;
 	for (int i = 0; i < cfg->nusers; i++) {

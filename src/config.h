@@ -6,9 +6,11 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "ringsocks/socks5.h"
+
 #define CONFIG_MAX_LISTEN 16
-#define CONFIG_MAX_CPUS 1024
-#define CONFIG_MAX_USERS 1024
+#define CONFIG_MAX_CPUS   1024
+#define CONFIG_MAX_USERS  1024
 
 struct config_user {
 	uint8_t name_len, pass_len;
@@ -16,7 +18,26 @@ struct config_user {
 	char pass[256];
 };
 
+/* An upstream SOCKS5 proxy: socks5://[USER:PASS@]HOST:PORT. */
+struct config_upstream {
+	struct socks5_addr addr; /* IPv4/IPv6 literal or a name to resolve */
+	char user[256];
+	char pass[256];
+	uint8_t has_auth;
+	char text[300]; /* HOST:PORT for logs, without credentials */
+};
+
+#define CONFIG_MAX_UPSTREAMS 16
+
+enum config_mode { MODE_SERVER = 0, MODE_TUNNEL };
+
 struct config {
+	int mode; /* enum config_mode */
+	/* forwarder (server mode) or --via (tunnel mode) */
+	struct config_upstream upstreams[CONFIG_MAX_UPSTREAMS];
+	int nupstreams;
+	/* tunnel mode: the fixed destination of each listen address */
+	struct socks5_addr tunnel_dst[CONFIG_MAX_LISTEN];
 	struct sockaddr_storage listen[CONFIG_MAX_LISTEN];
 	socklen_t listen_len[CONFIG_MAX_LISTEN];
 	int nlisten;
@@ -40,8 +61,15 @@ void config_free(struct config *cfg);
 /* Parse "ADDR:PORT" / "[V6]:PORT" into ss. Returns 0 or -EINVAL. */
 int config_parse_hostport(const char *s, struct sockaddr_storage *ss, socklen_t *len);
 
+/* Parse "socks5://[USER:PASS@]HOST:PORT" (socks5h:// too; %XX escapes in USER and PASS). */
+int config_parse_upstream(const char *url, struct config_upstream *u);
+
+/* Parse a tunnel spec "[BIND_ADDR:]PORT:DEST_HOST:DEST_PORT" (IPv6 in brackets). */
+int config_parse_tunnel(const char *spec, struct sockaddr_storage *ss, socklen_t *len,
+                        struct socks5_addr *dst);
+
 /* Check credentials against the configured users (constant time per user). */
 int config_check_user(const struct config *cfg, const char *user, size_t ulen, const char *pass,
-		      size_t plen);
+                      size_t plen);
 
 #endif

@@ -51,6 +51,7 @@ struct conn *conn_alloc(struct conn_table *t)
 	c->cfd = c->tfd = -1;
 	c->tprev = c->tnext = c->qnext = CONN_NIL;
 	c->result = 0xFF;
+	c->tx_base = c->txbuf;
 	c->dir[0].pipe = c->dir[1].pipe = -1;
 	t->live++;
 	return c;

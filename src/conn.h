@@ -8,25 +8,26 @@
 
 #include "ringsocks/socks5.h"
 
-#define CONN_RBUF 512    /* handshake receive buffer; also holds early data */
-#define CONN_TXBUF 288   /* handshake replies: method + auth status + reply (<= 266) */
-#define CONN_MAX_ADDRS 8 /* resolved addresses tried in turn */
+#define CONN_RBUF      512 /* handshake receive buffer; also holds early data */
+#define CONN_TXBUF     288 /* handshake replies: method + auth status + reply (<= 266) */
+#define CONN_MAX_ADDRS 8   /* resolved addresses tried in turn */
 
 /* Operation kinds, encoded in the top byte of user_data. */
 enum conn_op {
 	OP_NONE = 0,
-	OP_ACCEPT,     /* idx: listener number */
-	OP_WAKE,       /* the worker's eventfd */
-	OP_DNS_POLL,   /* idx: dns watch slot */
-	OP_IGNORE,     /* cancel requests: their CQEs carry nothing we need */
-	OP_RECV,       /* handshake / linger recv from the client */
-	OP_SEND,       /* handshake send to the client */
-	OP_CONNECT,    /* connect to the destination */
-	OP_SEND_T,     /* early data to the destination */
-	OP_POLLIN_C,   /* relay: client readable (multishot) */
-	OP_POLLIN_T,   /* relay: target readable (multishot) */
-	OP_POLLOUT_C,  /* relay: client writable (one-shot) */
-	OP_POLLOUT_T,  /* relay: target writable (one-shot) */
+	OP_ACCEPT,    /* idx: listener number */
+	OP_WAKE,      /* the worker's eventfd */
+	OP_DNS_POLL,  /* idx: dns watch slot */
+	OP_IGNORE,    /* cancel requests: their CQEs carry nothing we need */
+	OP_RECV,      /* handshake / linger recv from the client */
+	OP_SEND,      /* handshake send to the client */
+	OP_CONNECT,   /* connect to the destination */
+	OP_SEND_T,    /* early data to the destination */
+	OP_POLLIN_C,  /* relay: client readable (multishot) */
+	OP_POLLIN_T,  /* relay: target readable (multishot) */
+	OP_POLLOUT_C, /* relay: client writable (one-shot) */
+	OP_POLLOUT_T, /* relay: target writable (one-shot) */
+	OP_RECV_T,    /* upstream handshake: recv from the upstream proxy */
 	OP__COUNT
 };
 #define CONN_OP_BIT(op) (1u << (op))
@@ -50,23 +51,28 @@ static inline uint32_t conn_ud_idx(uint64_t ud)
 
 enum conn_state {
 	CONN_FREE = 0,
-	CONN_HANDSHAKE,  /* greeting, auth, request */
-	CONN_RESOLVING,  /* waiting for the resolver */
-	CONN_CONNECTING, /* connect in flight */
-	CONN_REPLYING,   /* success reply (and early data) being sent */
-	CONN_RELAY,      /* bytes flow both ways */
-	CONN_LINGER,     /* error reply sent, write side shut; draining until the client closes */
-	CONN_CLOSING,    /* sockets closed; waiting for in-flight operations to end */
+	CONN_HANDSHAKE,    /* greeting, auth, request */
+	CONN_RESOLVING,    /* waiting for the resolver */
+	CONN_CONNECTING,   /* connect in flight (to the destination or an upstream proxy) */
+	CONN_UP_HANDSHAKE, /* client handshake with an upstream proxy */
+	CONN_UP_RETRY,     /* an upstream failed; waiting for its requests to end */
+	CONN_REPLYING,     /* success reply (and early data) being sent */
+	CONN_RELAY,        /* bytes flow both ways */
+	CONN_LINGER,       /* error reply sent, write side shut; draining until the client closes */
+	CONN_CLOSING,      /* sockets closed; waiting for in-flight operations to end */
 };
+
+/* How the destination is reached. */
+enum conn_via { VIA_DIRECT = 0, VIA_UPSTREAM, VIA_TUNNEL };
 
 enum timer_kind { TIMER_NONE = 0, TIMER_HANDSHAKE, TIMER_CONNECT, TIMER_LINGER, TIMER__COUNT };
 
 /* One relay direction: client->target (DIR_UP) or target->client (DIR_DOWN). */
 enum { DIR_UP = 0, DIR_DOWN = 1 };
-#define DIR_EOF 0x1      /* source reached EOF */
-#define DIR_SHUT 0x2     /* EOF propagated: shutdown(SHUT_WR) done on the destination */
+#define DIR_EOF      0x1 /* source reached EOF */
+#define DIR_SHUT     0x2 /* EOF propagated: shutdown(SHUT_WR) done on the destination */
 #define DIR_WAIT_OUT 0x4 /* data in the pipe, waiting for the destination to drain */
-#define DIR_QUEUED 0x8   /* on the worker's runnable list */
+#define DIR_QUEUED   0x8 /* on the worker's runnable list */
 
 struct relay_dir {
 	int32_t pipe;    /* index in the worker's pipe pool, -1 when none is lent */
@@ -77,20 +83,25 @@ struct relay_dir {
 
 struct conn {
 	uint32_t gen;
-	uint8_t state;   /* enum conn_state */
-	uint8_t timer;   /* enum timer_kind: the deadline list it is on */
-	uint8_t result;  /* reply code sent, or 0xFF when none was */
-	uint8_t naddrs;  /* resolved candidates */
-	uint8_t addr_i;  /* candidate being tried */
+	uint8_t state;  /* enum conn_state */
+	uint8_t timer;  /* enum timer_kind: the deadline list it is on */
+	uint8_t result; /* reply code sent, or 0xFF when none was */
+	uint8_t naddrs; /* resolved candidates */
+	uint8_t addr_i; /* candidate being tried */
 	uint8_t closing_after_send;
+	uint8_t via;      /* enum conn_via */
+	uint8_t listener; /* listen address index (tunnel destination) */
+	uint8_t up_i;     /* upstream being tried */
+	uint8_t up_tries; /* upstreams tried for this client */
 	uint16_t pending; /* CONN_OP_BIT of every operation in flight */
 	int cfd, tfd;     /* client and target sockets, -1 when closed */
 	uint16_t rx_len;  /* bytes in rbuf */
 	uint16_t tx_len, tx_off;
-	uint16_t early_len; /* early data (after the request) at the start of rbuf */
-	int last_err;       /* errno of the last connect attempt */
-	uint32_t tprev, tnext; /* deadline list links (slot indices, UINT32_MAX: none) */
-	uint32_t qnext;        /* runnable list link */
+	const uint8_t *tx_base; /* what tx_len/tx_off index: txbuf, or the upstream's reply */
+	uint16_t early_len;     /* early data (after the request) at the start of rbuf */
+	int last_err;           /* errno of the last connect attempt */
+	uint32_t tprev, tnext;  /* deadline list links (slot indices, UINT32_MAX: none) */
+	uint32_t qnext;         /* runnable list link */
 	uint64_t deadline_ms;
 	uint64_t start_ms;
 	struct relay_dir dir[2];

@@ -14,12 +14,12 @@
 #include "log.h"
 #include "worker.h"
 
-#define DNS_WATCH_MAX 64
-#define DNS_CACHE_SIZE 256 /* direct-mapped entries */
+#define DNS_WATCH_MAX     64
+#define DNS_CACHE_SIZE    256 /* direct-mapped entries */
 #define DNS_CACHE_MAX_TTL 300
 
 struct dns_watch {
-	int fd;        /* -1: entry unused */
+	int fd; /* -1: entry unused */
 	uint8_t read, write;
 	uint8_t armed; /* a poll is in flight */
 	uint8_t dead;  /* c-ares dropped the socket; free when the poll ends */
@@ -78,7 +78,7 @@ static void sock_state_cb(void *data, ares_socket_t fd, int readable, int writab
 				if (wt->armed) {
 					struct io_uring_sqe *sqe = worker_sqe(d->w);
 					io_uring_prep_poll_remove(sqe,
-								  conn_ud(OP_DNS_POLL, wt->gen, i));
+					                          conn_ud(OP_DNS_POLL, wt->gen, i));
 					sqe->user_data = conn_ud(OP_IGNORE, 0, 0);
 					wt->dead = 1;
 				} else {
@@ -130,7 +130,7 @@ int dns_init(struct worker *w, struct dns **out)
 	opts.timeout = 2000; /* ms per try with ARES_OPT_TIMEOUTMS */
 	opts.tries = 2;
 	rc = ares_init_options(&d->ch, &opts,
-			       ARES_OPT_SOCK_STATE_CB | ARES_OPT_TIMEOUTMS | ARES_OPT_TRIES);
+	                       ARES_OPT_SOCK_STATE_CB | ARES_OPT_TIMEOUTMS | ARES_OPT_TRIES);
 	if (rc != ARES_SUCCESS) {
 		log_err("resolver: ares_init_options: %s", ares_strerror(rc));
 		free(d->cache);
@@ -140,8 +140,7 @@ int dns_init(struct worker *w, struct dns **out)
 	if (w->cfg->resolver[0]) {
 		rc = ares_set_servers_ports_csv(d->ch, w->cfg->resolver);
 		if (rc != ARES_SUCCESS) {
-			log_err("resolver: cannot use %s: %s", w->cfg->resolver,
-				ares_strerror(rc));
+			log_err("resolver: cannot use %s: %s", w->cfg->resolver, ares_strerror(rc));
 			ares_destroy(d->ch);
 			free(d->cache);
 			free(d);

@@ -6,7 +6,7 @@ extern int log_verbose;
 
 void log_msg(const char *level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-#define log_err(...) log_msg("error", __VA_ARGS__)
+#define log_err(...)  log_msg("error", __VA_ARGS__)
 #define log_warn(...) log_msg("warn", __VA_ARGS__)
 #define log_info(...)                                                                              \
 	do {                                                                                       \

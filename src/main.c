@@ -124,8 +124,8 @@ int main(int argc, char **argv)
 			int fd = open_listener(&cfg.listen[l], cfg.listen_len[l]);
 			if (fd < 0) {
 				log_err("cannot listen on %s: %s",
-					addr_text(&cfg.listen[l], text, sizeof(text)),
-					strerror(-fd));
+				        addr_text(&cfg.listen[l], text, sizeof(text)),
+				        strerror(-fd));
 				status = 1;
 				goto out;
 			}
@@ -152,9 +152,9 @@ int main(int argc, char **argv)
 	if (status == 0) {
 		for (int l = 0; l < cfg.nlisten; l++)
 			log_msg("info", "listening on %s (%d workers%s%s)",
-				addr_text(&cfg.listen[l], text, sizeof(text)), cfg.workers,
-				cfg.nusers ? ", username/password required" : "",
-				cfg.ncpus ? ", pinned" : "");
+			        addr_text(&cfg.listen[l], text, sizeof(text)), cfg.workers,
+			        cfg.nusers ? ", username/password required" : "",
+			        cfg.ncpus ? ", pinned" : "");
 		while (sigwait(&sigs, &sig) != 0)
 			;
 		log_msg("info", "signal %d: stopping", sig);

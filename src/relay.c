@@ -57,8 +57,8 @@ static int pipe_create(struct pipe_pool *p, struct relay_pipe *rp)
 		int got = fcntl(fds[1], F_GETPIPE_SZ);
 		if (!p->warned) {
 			log_warn("cannot grow pipes to %u bytes (%s); relaying with %d-byte pipes: "
-				 "raise fs.pipe-max-size / fs.pipe-user-pages-soft",
-				 RELAY_PIPE_SIZE, strerror(errno), got);
+			         "raise fs.pipe-max-size / fs.pipe-user-pages-soft",
+			         RELAY_PIPE_SIZE, strerror(errno), got);
 			p->warned = 1;
 		}
 	}
@@ -141,7 +141,7 @@ static void queue_dir(struct worker *w, struct conn *c, int d)
 		return; /* cannot happen: two entries per slot; the next poll event resumes it */
 	c->dir[d].flags |= DIR_QUEUED;
 	w->runq[(w->runq_head + w->runq_len++) % w->runq_cap] =
-		conn_ud((enum conn_op)d, c->gen, conn_index(&w->conns, c));
+	    conn_ud((enum conn_op)d, c->gen, conn_index(&w->conns, c));
 }
 
 static void release_pipe(struct worker *w, struct relay_dir *rd)
@@ -179,10 +179,11 @@ static int pump(struct worker *w, struct conn *c, int d)
 	for (int round = 0;; round++) {
 		if (rd->inpipe) {
 			n = splice(w->pipes.pipes[rd->pipe].r, NULL, dst, NULL, rd->inpipe,
-				   SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+			           SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
 			if (n < 0 && hard_error(errno)) {
-				worker_conn_close(w, c, d == DIR_UP ? "target write error"
-								    : "client write error");
+				worker_conn_close(w, c,
+				                  d == DIR_UP ? "target write error"
+				                              : "client write error");
 				return -1;
 			}
 			if (n > 0) {
@@ -207,14 +208,14 @@ static int pump(struct worker *w, struct conn *c, int d)
 			int p = pipe_pool_get(&w->pipes);
 			if (p < 0) {
 				log_err("no pipe for relaying (%s): closing connection",
-					strerror(-p));
+				        strerror(-p));
 				worker_conn_close(w, c, "out of pipes");
 				return -1;
 			}
 			rd->pipe = p;
 		}
 		n = splice(src, NULL, w->pipes.pipes[rd->pipe].w, NULL, w->pipes.size,
-			   SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+		           SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
 		if (n > 0) {
 			rd->inpipe = (uint32_t)n;
 			continue;
@@ -226,7 +227,7 @@ static int pump(struct worker *w, struct conn *c, int d)
 		}
 		if (hard_error(errno)) {
 			worker_conn_close(w, c,
-					  d == DIR_UP ? "client read error" : "target read error");
+			                  d == DIR_UP ? "client read error" : "target read error");
 			return -1;
 		}
 		/* EAGAIN: nothing more to read; the pipe is empty, give it back */

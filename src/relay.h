@@ -6,8 +6,8 @@
 #include <stdint.h>
 
 #define RELAY_PIPE_SIZE (1u << 20) /* 1 MiB pipes halve splice's CPU per GB vs 64 KiB */
-#define RELAY_POOL_MAX 512         /* pipes kept per worker */
-#define RELAY_BUDGET 4             /* pipe-fulls moved per event before yielding */
+#define RELAY_POOL_MAX  512        /* pipes kept per worker */
+#define RELAY_BUDGET    4          /* pipe-fulls moved per event before yielding */
 
 struct relay_pipe {
 	int r, w;

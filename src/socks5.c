@@ -15,10 +15,10 @@
 
 /* Where each server phase writes its answer in obuf. Answers never share bytes, so an answer
  * still being sent (05 00 while the pipelined request is fed) is not overwritten by a later one. */
-#define SRV_OUT_GREETING 0
-#define SRV_OUT_AUTH     2
-#define SRV_OUT_REQUEST  4
-#define SRV_ERROR_REPLY  10 /* 05 REP 00 01 0.0.0.0 0 */
+#define SRV_OUT_GREETING    0
+#define SRV_OUT_AUTH        2
+#define SRV_OUT_REQUEST     4
+#define SRV_ERROR_REPLY_LEN 10 /* 05 REP 00 01 0.0.0.0 0 */
 
 /* ---- messages ---- */
 
@@ -160,7 +160,7 @@ void socks5_server_init(struct socks5_server *s, unsigned offer)
 
 /* Ends the handshake; the answer (out_len bytes, possibly none) is already at obuf + off. */
 static enum socks5_status server_fail(struct socks5_server *s, int err, uint8_t reply, size_t off,
-				      uint16_t out_len)
+                                      uint16_t out_len)
 {
 	s->state = SOCKS5_SRV_FAILED;
 	s->err = err;
@@ -172,7 +172,7 @@ static enum socks5_status server_fail(struct socks5_server *s, int err, uint8_t 
 
 /* A two-byte answer "ver code" to a greeting or an auth message. */
 static enum socks5_status server_fail_pair(struct socks5_server *s, int err, size_t off,
-					   uint8_t ver, uint8_t code)
+                                           uint8_t ver, uint8_t code)
 {
 	s->obuf[off] = ver;
 	s->obuf[off + 1] = code;
@@ -182,8 +182,8 @@ static enum socks5_status server_fail_pair(struct socks5_server *s, int err, siz
 /* A reply to a bad request: code rep, BND 0.0.0.0:0. */
 static enum socks5_status server_fail_request(struct socks5_server *s, int err, uint8_t rep)
 {
-	socks5_encode_reply(s->obuf + SRV_OUT_REQUEST, SRV_ERROR_REPLY, rep, NULL);
-	return server_fail(s, err, rep, SRV_OUT_REQUEST, SRV_ERROR_REPLY);
+	socks5_encode_reply(s->obuf + SRV_OUT_REQUEST, SRV_ERROR_REPLY_LEN, rep, NULL);
+	return server_fail(s, err, rep, SRV_OUT_REQUEST, SRV_ERROR_REPLY_LEN);
 }
 
 /* The caller broke the protocol of this API (fed a finished handshake, ...): nothing to send. */
@@ -197,7 +197,7 @@ static enum socks5_status server_misuse(struct socks5_server *s)
 }
 
 static enum socks5_status server_send(struct socks5_server *s, size_t off, uint8_t ver,
-				      uint8_t code)
+                                      uint8_t code)
 {
 	s->obuf[off] = ver;
 	s->obuf[off + 1] = code;
@@ -226,7 +226,7 @@ static int server_need(struct socks5_server *s)
 			return 2;
 		if (b[1] == 0) {
 			server_fail_pair(s, -EPROTO, SRV_OUT_GREETING, SOCKS5_VERSION,
-					 SOCKS5_METHOD_NONE);
+			                 SOCKS5_METHOD_NONE);
 			return -1;
 		}
 		return 2 + b[1];
@@ -278,7 +278,7 @@ static enum socks5_status server_greeting_done(struct socks5_server *s)
 		s->state = SOCKS5_SRV_REQUEST;
 	} else {
 		return server_fail_pair(s, -ENOTSUP, SRV_OUT_GREETING, SOCKS5_VERSION,
-					SOCKS5_METHOD_NONE);
+		                        SOCKS5_METHOD_NONE);
 	}
 	return server_send(s, SRV_OUT_GREETING, SOCKS5_VERSION, s->method);
 }
@@ -317,7 +317,7 @@ static enum socks5_status server_request_done(struct socks5_server *s)
 }
 
 enum socks5_status socks5_server_feed(struct socks5_server *s, const uint8_t *in, size_t len,
-				      size_t *consumed)
+                                      size_t *consumed)
 {
 	enum socks5_status st;
 	size_t used = 0, n;
@@ -418,7 +418,7 @@ static int client_valid_cmd(uint8_t cmd)
 }
 
 int socks5_client_init(struct socks5_client *c, uint8_t cmd, const struct socks5_addr *dst,
-		       const char *user, const char *pass)
+                       const char *user, const char *pass)
 {
 	int n;
 
@@ -440,7 +440,7 @@ int socks5_client_init(struct socks5_client *c, uint8_t cmd, const struct socks5
 }
 
 int socks5_client_init_raw(struct socks5_client *c, const uint8_t *req, size_t len,
-			   const char *user, const char *pass)
+                           const char *user, const char *pass)
 {
 	memset(c, 0, sizeof(*c));
 	c->state = SOCKS5_CLI_FAILED;
@@ -578,7 +578,7 @@ static enum socks5_status client_reply_done(struct socks5_client *c)
 }
 
 enum socks5_status socks5_client_feed(struct socks5_client *c, const uint8_t *in, size_t len,
-				      size_t *consumed)
+                                      size_t *consumed)
 {
 	enum socks5_status st;
 	size_t used = 0, n;
@@ -665,7 +665,7 @@ int socks5_addr_from_sockaddr(struct socks5_addr *a, const struct sockaddr *sa)
 }
 
 int socks5_addr_to_sockaddr(const struct socks5_addr *a, struct sockaddr_storage *ss,
-			    socklen_t *len)
+                            socklen_t *len)
 {
 	struct sockaddr_in *sin = (struct sockaddr_in *)ss;
 	struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)ss;

@@ -28,11 +28,11 @@
 #define IORING_SETUP_DEFER_TASKRUN (1U << 13)
 #endif
 
-#define RING_ENTRIES 4096
+#define RING_ENTRIES    4096
 #define RING_CQ_ENTRIES 65536
-#define LINGER_MS 2000        /* how long a refused client may take to close */
-#define ACCEPT_RETRY_MS 100   /* pause after EMFILE and friends */
-#define MAX_WAIT_MS 1000
+#define LINGER_MS       2000 /* how long a refused client may take to close */
+#define ACCEPT_RETRY_MS 100  /* pause after EMFILE and friends */
+#define MAX_WAIT_MS     1000
 
 atomic_long worker_live;
 
@@ -73,7 +73,7 @@ static void arm_accept(struct worker *w, int i)
 {
 	struct io_uring_sqe *sqe = worker_sqe(w);
 	io_uring_prep_multishot_accept(sqe, w->listen_fd[i], NULL, NULL,
-				       SOCK_NONBLOCK | SOCK_CLOEXEC);
+	                               SOCK_NONBLOCK | SOCK_CLOEXEC);
 	sqe->user_data = conn_ud(OP_ACCEPT, 0, (uint32_t)i);
 	w->accept_armed |= 1u << i;
 }
@@ -100,8 +100,8 @@ static void on_accept(struct worker *w, uint32_t li, int res, unsigned flags)
 			/* out of descriptors: pause accepting instead of spinning */
 			if (w->now_ms >= w->accept_warn_ms) {
 				log_err("accept: %s; pausing accepts for %d ms (live connections: "
-					"%ld)",
-					strerror(-res), ACCEPT_RETRY_MS, atomic_load(&worker_live));
+				        "%ld)",
+				        strerror(-res), ACCEPT_RETRY_MS, atomic_load(&worker_live));
 				w->accept_warn_ms = w->now_ms + 5000;
 			}
 			w->accept_retry_ms = w->now_ms + ACCEPT_RETRY_MS;
@@ -132,6 +132,12 @@ static void on_accept(struct worker *w, uint32_t li, int res, unsigned flags)
 		socklen_t len = sizeof(c->peer);
 		getpeername(res, (struct sockaddr *)&c->peer, &len);
 	}
+	c->listener = (uint8_t)li;
+	if (w->cfg->mode == MODE_TUNNEL) {
+		c->via = VIA_TUNNEL;
+		upstream_start(w, c);
+		return;
+	}
 	socks5_server_init(&c->hs, w->cfg->nusers ? SOCKS5_OFFER_USERPASS : SOCKS5_OFFER_NOAUTH);
 	conn_timer_set(&w->conns, c, TIMER_HANDSHAKE, w->now_ms);
 	hs_recv(w, c);
@@ -152,14 +158,17 @@ static void log_session(struct worker *w, struct conn *c, const char *why)
 
 	if (socks5_addr_from_sockaddr(&a, (struct sockaddr *)&c->peer) == 0)
 		socks5_addr_str(&a, client, sizeof(client));
-	if (c->hs.state == SOCKS5_SRV_DONE)
+	if (c->via == VIA_TUNNEL)
+		socks5_addr_str(&w->cfg->tunnel_dst[c->listener], dst, sizeof(dst));
+	else if (c->hs.state == SOCKS5_SRV_DONE)
 		socks5_addr_str(&c->hs.req.dst, dst, sizeof(dst));
-	log_msg("info",
-		"session client=%s dst=%s result=%s%s%s up=%llu down=%llu ms=%llu", client, dst,
-		c->result == 0xFF ? "no-reply" : socks5_reply_str(c->result), why ? " reason=" : "",
-		why ? why : "", (unsigned long long)c->dir[DIR_UP].bytes,
-		(unsigned long long)c->dir[DIR_DOWN].bytes,
-		(unsigned long long)(w->now_ms - c->start_ms));
+	log_msg("info", "session client=%s dst=%s%s%s result=%s%s%s up=%llu down=%llu ms=%llu",
+	        client, dst, c->via != VIA_DIRECT ? " via=" : "",
+	        c->via != VIA_DIRECT ? w->cfg->upstreams[c->up_i].text : "",
+	        c->result == 0xFF ? "no-reply" : socks5_reply_str(c->result), why ? " reason=" : "",
+	        why ? why : "", (unsigned long long)c->dir[DIR_UP].bytes,
+	        (unsigned long long)c->dir[DIR_DOWN].bytes,
+	        (unsigned long long)(w->now_ms - c->start_ms));
 }
 
 void worker_conn_close(struct worker *w, struct conn *c, const char *why)
@@ -206,13 +215,14 @@ static void hs_recv(struct worker *w, struct conn *c)
 static void hs_send(struct worker *w, struct conn *c)
 {
 	struct io_uring_sqe *sqe = worker_sqe(w);
-	io_uring_prep_send(sqe, c->cfd, c->txbuf + c->tx_off, (size_t)(c->tx_len - c->tx_off),
-			   MSG_NOSIGNAL);
+	io_uring_prep_send(sqe, c->cfd, c->tx_base + c->tx_off, (size_t)(c->tx_len - c->tx_off),
+	                   MSG_NOSIGNAL);
 	sqe->user_data = worker_op(w, c, OP_SEND);
 }
 
 static void tx_append(struct conn *c, const uint8_t *p, size_t n)
 {
+	c->tx_base = c->txbuf;
 	if (n > (size_t)(CONN_TXBUF - c->tx_len))
 		n = (size_t)(CONN_TXBUF - c->tx_len); /* cannot happen: replies are bounded */
 	memcpy(c->txbuf + c->tx_len, p, n);
@@ -250,6 +260,8 @@ static void conn_linger(struct worker *w, struct conn *c)
 		hs_recv(w, c);
 }
 
+static void maybe_start_relay(struct worker *w, struct conn *c);
+
 static uint8_t errno_to_reply(int err)
 {
 	switch (err) {
@@ -269,12 +281,12 @@ static uint8_t errno_to_reply(int err)
 	}
 }
 
-static void connect_next(struct worker *w, struct conn *c)
+void worker_connect_next(struct worker *w, struct conn *c)
 {
 	while (c->addr_i < c->naddrs) {
 		struct sockaddr_in6 *a = &c->addrs[c->addr_i];
 		socklen_t len = a->sin6_family == AF_INET ? sizeof(struct sockaddr_in)
-							  : sizeof(struct sockaddr_in6);
+		                                          : sizeof(struct sockaddr_in6);
 		int fd = socket(a->sin6_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 		struct io_uring_sqe *sqe;
 
@@ -289,6 +301,12 @@ static void connect_next(struct worker *w, struct conn *c)
 		sqe = worker_sqe(w);
 		io_uring_prep_connect(sqe, fd, (struct sockaddr *)a, len);
 		sqe->user_data = worker_op(w, c, OP_CONNECT);
+		return;
+	}
+	if (c->via != VIA_DIRECT) {
+		char why[128];
+		snprintf(why, sizeof(why), "unreachable: %s", strerror(c->last_err));
+		upstream_failed(w, c, why);
 		return;
 	}
 	conn_fail(w, c, errno_to_reply(c->last_err));
@@ -309,7 +327,11 @@ static void on_connect(struct worker *w, struct conn *c, int res)
 		close(c->tfd);
 		c->tfd = -1;
 		c->addr_i++;
-		connect_next(w, c);
+		worker_connect_next(w, c);
+		return;
+	}
+	if (c->via != VIA_DIRECT) {
+		upstream_connected(w, c); /* the connect deadline covers its handshake too */
 		return;
 	}
 	conn_timer_clear(&w->conns, c);
@@ -324,9 +346,19 @@ static void on_connect(struct worker *w, struct conn *c, int res)
 		return;
 	}
 	c->result = SOCKS5_REP_SUCCEEDED;
-	c->state = CONN_REPLYING;
+	c->tx_len = c->tx_off = 0;
 	tx_append(c, buf, (size_t)n);
-	if (!(c->pending & CONN_OP_BIT(OP_SEND)))
+	worker_reply_and_relay(w, c, c->txbuf, c->tx_len);
+}
+
+void worker_reply_and_relay(struct worker *w, struct conn *c, const uint8_t *buf, size_t len)
+{
+	conn_timer_clear(&w->conns, c);
+	c->state = CONN_REPLYING;
+	c->tx_base = buf;
+	c->tx_len = (uint16_t)len;
+	c->tx_off = 0;
+	if (len)
 		hs_send(w, c);
 	if (c->early_len) {
 		/* data the client pipelined after its request goes out first */
@@ -334,12 +366,88 @@ static void on_connect(struct worker *w, struct conn *c, int res)
 		io_uring_prep_send(sqe, c->tfd, c->rbuf, c->early_len, MSG_NOSIGNAL);
 		sqe->user_data = worker_op(w, c, OP_SEND_T);
 	}
+	maybe_start_relay(w, c);
+}
+
+void worker_cancel_ops(struct worker *w, struct conn *c, uint16_t mask)
+{
+	uint32_t idx = conn_index(&w->conns, c);
+
+	for (int op = OP_RECV; op < OP__COUNT; op++) {
+		if (c->pending & mask & CONN_OP_BIT(op)) {
+			struct io_uring_sqe *sqe = worker_sqe(w);
+			io_uring_prep_cancel64(sqe, conn_ud((enum conn_op)op, c->gen, idx), 0);
+			sqe->user_data = conn_ud(OP_IGNORE, 0, 0);
+		}
+	}
+}
+
+/* A tunnel client speaks no SOCKS: it learns of a failure by a reset. */
+static void conn_reset(struct worker *w, struct conn *c, const char *why)
+{
+	struct linger lg = {.l_onoff = 1, .l_linger = 0};
+	setsockopt(c->cfd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+	worker_conn_close(w, c, why);
+}
+
+void worker_conn_give_up(struct worker *w, struct conn *c, uint8_t rep, const char *why)
+{
+	c->result = rep;
+	if (c->via == VIA_TUNNEL) {
+		log_warn("tunnel to %s failed: %s",
+		         socks5_addr_str(&w->cfg->tunnel_dst[c->listener], (char[300]){0}, 300),
+		         why);
+		conn_reset(w, c, why);
+		return;
+	}
+	if (c->via == VIA_UPSTREAM)
+		log_warn("forwarding to %s failed: %s",
+		         socks5_addr_str(&c->hs.req.dst, (char[300]){0}, 300), why);
+	conn_fail(w, c, rep);
+}
+
+void worker_conn_pass_failure(struct worker *w, struct conn *c, uint8_t rep, const uint8_t *reply,
+                              size_t len)
+{
+	char dst[300];
+
+	c->result = rep;
+	if (c->via == VIA_TUNNEL) {
+		log_warn("tunnel to %s: the proxy replied %u (%s)",
+		         socks5_addr_str(&w->cfg->tunnel_dst[c->listener], dst, sizeof(dst)), rep,
+		         socks5_reply_str(rep));
+		conn_reset(w, c, "proxy refused");
+		return;
+	}
+	log_info("upstream %s replied %u (%s) for %s", w->cfg->upstreams[c->up_i].text, rep,
+	         socks5_reply_str(rep), socks5_addr_str(&c->hs.req.dst, dst, sizeof(dst)));
+	if (c->tfd >= 0) {
+		close(c->tfd);
+		c->tfd = -1;
+	}
+	conn_timer_clear(&w->conns, c);
+	c->tx_len = c->tx_off = 0;
+	tx_append(c, reply, len);
+	c->state = CONN_REPLYING;
+	c->closing_after_send = 1;
+	hs_send(w, c);
 }
 
 static void start_request(struct worker *w, struct conn *c)
 {
 	const struct socks5_request *req = &c->hs.req;
 
+	if (w->cfg->nupstreams) {
+		/* forwarder: CONNECT and BIND go to the upstream as sent (BIND's second reply
+		 * then flows through the relay unchanged) */
+		if (req->cmd == SOCKS5_CMD_UDP_ASSOCIATE) {
+			conn_fail(w, c, SOCKS5_REP_CMD_NOT_SUPPORTED);
+			return;
+		}
+		c->via = VIA_UPSTREAM;
+		upstream_start(w, c);
+		return;
+	}
 	if (req->cmd != SOCKS5_CMD_CONNECT) {
 		conn_fail(w, c, SOCKS5_REP_CMD_NOT_SUPPORTED);
 		return;
@@ -354,7 +462,7 @@ static void start_request(struct worker *w, struct conn *c)
 		}
 		c->state = CONN_RESOLVING;
 		dns_resolve(w->dns, req->dst.u.name, req->dst.port,
-			    conn_ud(OP_NONE, c->gen, conn_index(&w->conns, c)));
+		            conn_ud(OP_NONE, c->gen, conn_index(&w->conns, c)));
 		return;
 	}
 	struct sockaddr_storage ss;
@@ -366,24 +474,27 @@ static void start_request(struct worker *w, struct conn *c)
 	memset(&c->addrs[0], 0, sizeof(c->addrs[0]));
 	memcpy(&c->addrs[0], &ss, len);
 	c->naddrs = 1;
-	connect_next(w, c);
+	worker_connect_next(w, c);
 }
 
 void worker_resolved(struct worker *w, uint64_t ud, int status, const struct sockaddr_in6 *addrs,
-		     int n)
+                     int n)
 {
 	struct conn *c = conn_lookup(&w->conns, ud);
 
-	if (!c || c->state != CONN_RESOLVING)
-		return; /* the client is gone or timed out */
+	if (!c || c->state != CONN_RESOLVING || conn_ud_op(ud) != c->up_tries)
+		return; /* the client is gone, timed out, or moved on to another upstream */
 	if (status < 0 || n == 0) {
-		conn_fail(w, c, SOCKS5_REP_HOST_UNREACHABLE);
+		if (c->via != VIA_DIRECT)
+			upstream_failed(w, c, "its name does not resolve");
+		else
+			conn_fail(w, c, SOCKS5_REP_HOST_UNREACHABLE);
 		return;
 	}
 	memcpy(c->addrs, addrs, sizeof(addrs[0]) * (size_t)n);
 	c->naddrs = (uint8_t)n;
 	c->last_err = EHOSTUNREACH;
-	connect_next(w, c);
+	worker_connect_next(w, c);
 }
 
 /* Feed received handshake bytes to the codec and act on what it asks. */
@@ -403,7 +514,7 @@ static void hs_feed(struct worker *w, struct conn *c, size_t n)
 			break;
 		case SOCKS5_CHECK_AUTH: {
 			int ok = config_check_user(w->cfg, c->hs.user, c->hs.user_len, c->hs.pass,
-						   c->hs.pass_len);
+			                           c->hs.pass_len);
 			st = socks5_server_auth_verdict(&c->hs, ok);
 			tx_append(c, c->hs.out, c->hs.out_len);
 			if (st == SOCKS5_ERROR) {
@@ -454,8 +565,9 @@ static void on_recv(struct worker *w, struct conn *c, int res)
 	if (c->state != CONN_HANDSHAKE)
 		return;
 	if (res <= 0) {
-		worker_conn_close(w, c, res == 0 ? "client closed during handshake"
-						 : "client error during handshake");
+		worker_conn_close(w, c,
+		                  res == 0 ? "client closed during handshake"
+		                           : "client error during handshake");
 		return;
 	}
 	hs_feed(w, c, (size_t)res);
@@ -528,11 +640,16 @@ static void on_timeout(struct worker *w, struct conn *c)
 		break;
 	case CONN_RESOLVING:
 	case CONN_CONNECTING:
+	case CONN_UP_HANDSHAKE:
+		if (c->via != VIA_DIRECT) {
+			upstream_failed(w, c, "timed out");
+			break;
+		}
 		/* a connect still in flight is cancelled by the close path or ignored */
 		if (c->pending & CONN_OP_BIT(OP_CONNECT)) {
 			struct io_uring_sqe *sqe = worker_sqe(w);
 			io_uring_prep_cancel64(
-				sqe, conn_ud(OP_CONNECT, c->gen, conn_index(&w->conns, c)), 0);
+			    sqe, conn_ud(OP_CONNECT, c->gen, conn_index(&w->conns, c)), 0);
 			sqe->user_data = conn_ud(OP_IGNORE, 0, 0);
 		}
 		conn_fail(w, c, SOCKS5_REP_TTL_EXPIRED);
@@ -576,6 +693,11 @@ static void handle_cqe(struct worker *w, struct io_uring_cqe *cqe)
 		conn_free_if_idle(w, c);
 		return;
 	}
+	if (c->state == CONN_UP_RETRY) {
+		if (!(c->pending & UPSTREAM_OPS))
+			upstream_retry(w, c);
+		return;
+	}
 	switch (op) {
 	case OP_RECV:
 		on_recv(w, c, cqe->res);
@@ -587,7 +709,14 @@ static void handle_cqe(struct worker *w, struct io_uring_cqe *cqe)
 		on_connect(w, c, cqe->res);
 		break;
 	case OP_SEND_T:
-		on_send_target(w, c, cqe->res);
+		if (c->state == CONN_UP_HANDSHAKE)
+			upstream_on_send(w, c, cqe->res);
+		else
+			on_send_target(w, c, cqe->res);
+		break;
+	case OP_RECV_T:
+		if (c->state == CONN_UP_HANDSHAKE)
+			upstream_on_recv(w, c, cqe->res);
 		break;
 	case OP_POLLIN_C:
 	case OP_POLLIN_T:
@@ -604,9 +733,9 @@ static void handle_cqe(struct worker *w, struct io_uring_cqe *cqe)
 static int ring_setup(struct worker *w)
 {
 	static const unsigned tries[] = {
-		IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
-		IORING_SETUP_COOP_TASKRUN,
-		0,
+	    IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
+	    IORING_SETUP_COOP_TASKRUN,
+	    0,
 	};
 	int ret = -EINVAL;
 
@@ -669,7 +798,7 @@ static int worker_setup(struct worker *w)
 		ret = pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
 		if (ret) {
 			log_err("worker %d: cannot pin to CPU %d: %s", w->id, w->cpu,
-				strerror(ret));
+			        strerror(ret));
 			return -ret;
 		}
 	}
@@ -687,9 +816,15 @@ static int worker_setup(struct worker *w)
 	    (ret = pipe_pool_init(&w->pipes, RELAY_POOL_MAX)) < 0)
 		return ret;
 	w->conns.timers[TIMER_HANDSHAKE].timeout_ms =
-		(uint64_t)(w->cfg->handshake_timeout * 1000 + 0.5);
-	w->conns.timers[TIMER_CONNECT].timeout_ms = (uint64_t)(w->cfg->connect_timeout * 1000 + 0.5);
+	    (uint64_t)(w->cfg->handshake_timeout * 1000 + 0.5);
+	w->conns.timers[TIMER_CONNECT].timeout_ms =
+	    (uint64_t)(w->cfg->connect_timeout * 1000 + 0.5);
 	w->conns.timers[TIMER_LINGER].timeout_ms = LINGER_MS;
+	if (w->cfg->nupstreams) {
+		w->uphs = calloc(slots, sizeof(*w->uphs));
+		if (!w->uphs)
+			return -ENOMEM;
+	}
 	w->runq_cap = slots * 2;
 	w->runq = calloc(w->runq_cap, sizeof(*w->runq));
 	if (!w->runq)
@@ -707,6 +842,8 @@ static void worker_teardown(struct worker *w)
 	conn_table_free(&w->conns);
 	free(w->runq);
 	w->runq = NULL;
+	free(w->uphs);
+	w->uphs = NULL;
 	io_uring_queue_exit(&w->ring);
 }
 
@@ -763,8 +900,7 @@ void *worker_main(void *arg)
 		ts.tv_sec = (long long)(next / 1000);
 		ts.tv_nsec = (long long)(next % 1000) * 1000000;
 		ret = io_uring_submit_and_wait_timeout(&w->ring, &cqe, 1, &ts, NULL);
-		if (ret < 0 && ret != -ETIME && ret != -EINTR && ret != -EAGAIN &&
-		    ret != -EBUSY) {
+		if (ret < 0 && ret != -ETIME && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY) {
 			log_err("worker %d: io_uring_enter: %s", w->id, strerror(-ret));
 			break;
 		}

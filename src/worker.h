@@ -11,6 +11,7 @@
 #include "config.h"
 #include "conn.h"
 #include "relay.h"
+#include "upstream.h"
 
 struct dns;
 
@@ -44,6 +45,10 @@ struct worker {
 	uint64_t *runq;
 	uint32_t runq_head, runq_len, runq_cap;
 	uint64_t now_ms;
+	/* upstream proxies (forwarder and tunnel modes) */
+	struct upstream_hs *uphs; /* one per slot, touched only while a handshake runs */
+	struct upstream_health up_health[CONFIG_MAX_UPSTREAMS];
+	unsigned up_rr;
 	struct worker_stats stats;
 	int start_err; /* set when the thread failed to start */
 	pthread_barrier_t *ready;
@@ -71,8 +76,21 @@ void worker_conn_close(struct worker *w, struct conn *c, const char *why);
 /* Called by the resolver with the addresses for a pending request (port already set),
  * or status < 0 when the name did not resolve. */
 void worker_resolved(struct worker *w, uint64_t ud, int status, const struct sockaddr_in6 *addrs,
-		     int n);
+                     int n);
 
 uint64_t worker_now_ms(void);
+
+/* Used by upstream.c. */
+/* Connect to c->addrs[c->addr_i..naddrs) in turn. */
+void worker_connect_next(struct worker *w, struct conn *c);
+/* Cancel the operations of c in mask (CONN_OP_BIT); their CQEs still arrive. */
+void worker_cancel_ops(struct worker *w, struct conn *c, uint16_t mask);
+/* Send buf (len may be 0) to the client and early data to the target, then relay. */
+void worker_reply_and_relay(struct worker *w, struct conn *c, const uint8_t *buf, size_t len);
+/* The destination cannot be reached: reply rep (a tunnel client is reset) and close. */
+void worker_conn_give_up(struct worker *w, struct conn *c, uint8_t rep, const char *why);
+/* An upstream's failure reply: passed to the client as it came (a tunnel client is reset). */
+void worker_conn_pass_failure(struct worker *w, struct conn *c, uint8_t rep, const uint8_t *reply,
+                              size_t len);
 
 #endif

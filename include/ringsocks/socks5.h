@@ -145,7 +145,7 @@ struct socks5_client {
 	uint8_t state; /* enum socks5_client_state */
 	uint8_t cmd;   /* command of the request (from the raw bytes when raw) */
 	uint8_t reply; /* on SOCKS5_REPLY: reply code; on SOCKS5_ERROR after a reply: that code */
-	uint8_t nreplies;
+	uint8_t nreplies; /* success replies received so far (BIND: 1, then 2) */
 	int err; /* on SOCKS5_ERROR: -EPROTO garbage, -EACCES auth rejected, -ENOTSUP no method,
 	            -ECONNREFUSED etc. never; a failure reply is SOCKS5_ERROR with err =
 	            -ECONNABORTED and reply set */
@@ -154,13 +154,13 @@ struct socks5_client {
 	const uint8_t *out;
 	struct socks5_addr bnd; /* on SOCKS5_REPLY: BND.ADDR / BND.PORT */
 	const uint8_t *raw_req; /* request to send unchanged, or NULL to send req_buf */
-	uint16_t raw_len;
+	uint16_t raw_len;       /* length of the request to send (raw_req or req_buf) */
 	uint8_t user_len, pass_len;
 	char user[SOCKS5_MAX_NAME + 1];
 	char pass[SOCKS5_MAX_NAME + 1];
 	uint8_t req_buf[SOCKS5_MAX_REQUEST];
 	uint8_t obuf[SOCKS5_MAX_AUTH];
-	uint8_t ibuf[SOCKS5_MAX_REPLY];
+	uint8_t ibuf[SOCKS5_MAX_REPLY]; /* the last server message, whole, until the next feed */
 };
 
 /* Prepare a client handshake for `cmd` to `dst`. user/pass may be NULL (no-auth only);

@@ -21,8 +21,9 @@ Everything here is Python 3.11 standard library. Reusable pieces:
 
 Environment:
   RINGSOCKS_BIN   path of the binary (default: <repo>/build/ringsocks)
-  RINGSOCKS_PEER  "microsocks": run the same tests against /usr/bin/microsocks (to validate the
-                  tests themselves; ringsocks-only tests are skipped)
+  RINGSOCKS_PEER  "microsocks" or "dante": run the same tests against /usr/bin/microsocks or
+                  /usr/sbin/danted (to validate the tests themselves; ringsocks-only tests are
+                  skipped; --user only maps to microsocks)
 """
 
 import asyncio
@@ -50,13 +51,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = os.environ.get("RINGSOCKS_BIN") or str(REPO / "build" / "ringsocks")
-PEER = os.environ.get("RINGSOCKS_PEER", "")  # "" = ringsocks, or "microsocks"
+PEER = os.environ.get("RINGSOCKS_PEER", "")  # "" = ringsocks, or "microsocks" / "dante"
 
 
 def _is_sanitized(path):
     try:
         with open(path, "rb") as f:
-            return b"AddressSanitizer" in f.read()
+            return b"__asan_init" in f.read()
     except OSError:
         return False
 
@@ -145,6 +146,7 @@ SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime
 class Proxy:
     """A running ringsocks (or, with RINGSOCKS_PEER=microsocks, microsocks)."""
 
+    started = []  # every proxy of this run (their stderr files are removed after a clean run)
     alive = []  # every proxy not yet stopped
     recent = []  # proxies started or alive during the current test (stderr printed on failure)
 
@@ -182,10 +184,20 @@ class Proxy:
             argv = ["/usr/bin/microsocks", "-i", self.host, "-p", str(port)]
             a = self.args
             for i, x in enumerate(a[:-1]):
-                if x == "--user":
+                if x == "--user":  # microsocks has one user: the first
                     u, p = a[i + 1].split(":", 1)
-                    argv += ["-u", u, "-P", p]
+                    return argv + ["-u", u, "-P", p]
             return argv
+        if PEER == "dante":
+            conf = os.path.join(tempfile.gettempdir(), f"ringsocks-dante-{os.getpid()}-{port}.conf")
+            with open(conf, "w") as f:
+                f.write(f"logoutput: stderr\ninternal: {self.host} port = {port}\nexternal: lo\n"
+                        "socksmethod: none\nclientmethod: none\nuser.privileged: root\n"
+                        "user.unprivileged: nobody\n"
+                        "client pass { from: 0.0.0.0/0 to: 0.0.0.0/0 }\n"
+                        "socks pass { from: 0.0.0.0/0 to: 0.0.0.0/0 command: connect }\n")
+            Proxy.started.append(conf)
+            return ["/usr/sbin/danted", "-f", conf, "-N", "1"]
         argv = [BIN, "-l", f"{host_literal(self.host)}:{port}", "-w", str(self.workers)]
         if self.verbose:
             argv.append("-v")
@@ -196,6 +208,7 @@ class Proxy:
         for _attempt in range(4):
             port = unused_port(self.host)
             fd, self.stderr_path = tempfile.mkstemp(prefix="ringsocks-stderr-", suffix=".log")
+            Proxy.started.append(self.stderr_path)
             argv = self.argv(port)
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd,
                                          preexec_fn=_die_with_parent, close_fds=True)
@@ -897,14 +910,19 @@ def curl(args, timeout=60.0):
 
 
 class ProxyTestCase(unittest.TestCase):
-    """One proxy per test class. Subclasses set proxy_args / workers, or override
-    extra_args() (e.g. to point --resolver at a DnsServer created in setUpClass before
-    calling super().setUpClass()). At the end of the class a plain CONNECT must still work,
-    then the proxy gets SIGTERM and must exit 0 with a clean stderr."""
+    """One proxy per test class. Subclasses set proxy_args / workers, or override extra_args().
+
+    Unless use_dns = False, the class also runs a DnsServer (cls.dns, which knows "localhost"
+    -> 127.0.0.1 like /etc/hosts) and passes it to the proxy with --resolver, so the proxy never
+    asks the machine's DNS; add records with cls.dns.add(...) at any time.
+    At the end of the class a plain CONNECT must still work, then the proxy gets SIGTERM and
+    must exit 0 with a clean stderr."""
 
     proxy_args = ()
     workers = 2
+    use_dns = True
     proxy = None
+    dns = None
 
     @classmethod
     def extra_args(cls):
@@ -913,7 +931,17 @@ class ProxyTestCase(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        cls.proxy = Proxy(cls.extra_args(), workers=cls.workers)
+        args = []
+        if cls.use_dns:
+            cls.dns = DnsServer()
+            cls.dns.add("localhost", a=["127.0.0.1"])
+            args = ["--resolver", cls.dns.addr]
+        try:
+            cls.proxy = Proxy(args + cls.extra_args(), workers=cls.workers)
+        except BaseException:
+            if cls.dns:
+                cls.dns.close()
+            raise
 
     @classmethod
     def tearDownClass(cls):
@@ -927,6 +955,8 @@ class ProxyTestCase(unittest.TestCase):
                 finally:
                     cls.proxy.stop()
         finally:
+            if cls.dns:
+                cls.dns.close()
             super().tearDownClass()
 
     def setUp(self):
@@ -987,4 +1017,12 @@ def main():
     finally:
         wd.cancel()
         _kill_all_proxies()
+    if ok:
+        for path in Proxy.started:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+    else:
+        print("proxy stderr files: " + " ".join(Proxy.started), file=sys.stderr)
     sys.exit(0 if ok else 1)

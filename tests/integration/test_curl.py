@@ -27,13 +27,8 @@ class CurlTest(h.ProxyTestCase):
                 f.write(data)
         cls.http4 = h.HttpServer(cls.dir, "127.0.0.1")
         cls.http6 = h.HttpServer(cls.dir, "::1")
-        cls.dns = h.DnsServer()
-        cls.dns.add(TEST_NAME, a=["127.0.0.1"])
         super().setUpClass()
-
-    @classmethod
-    def extra_args(cls):
-        return ["--resolver", cls.dns.addr]
+        cls.dns.add(TEST_NAME, a=["127.0.0.1"])
 
     @classmethod
     def tearDownClass(cls):
@@ -42,7 +37,6 @@ class CurlTest(h.ProxyTestCase):
         finally:
             cls.http4.close()
             cls.http6.close()
-            cls.dns.close()
             shutil.rmtree(cls.dir, ignore_errors=True)
 
     def fetch(self, proxy_flag, url, name):

@@ -142,27 +142,33 @@ class RelayTest(h.ProxyTestCase):
             print(f"  64 MiB each way in {elapsed:.2f}s", file=sys.stderr)
 
     def test_back_pressure_slow_reader(self):
-        """the destination sends 16 MiB while the client does not read for a while: every
-        buffer on the way fills up, and then everything arrives intact."""
-        blob = os.urandom(16 * MiB)
+        """the destination sends 48 MiB while the client does not read for a second: every
+        buffer on the way fills up (the sender blocks), then everything arrives intact."""
+        blob = os.urandom(48 * MiB)
+        sent_at = []
 
         def handler(c, addr):
             send_all_chunks(c, blob)
+            sent_at.append(time.monotonic())
             c.shutdown(socket.SHUT_WR)
             return drain_hash(c)
 
         with h.ThreadedServer(handler) as srv:
             s, _ = h.socks_connect(self.proxy, "127.0.0.1", srv.port)
             with s:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                s.settimeout(60 * h.SLOW)
                 time.sleep(1.0)
-                # and the other direction still works while this one is stalled
+                blocked = not sent_at
+                # the other direction still works while this one is stalled
                 s.sendall(b"still alive")
                 n, digest = drain_hash(s)
                 self.assertEqual((n, digest), (len(blob), h.sha256(blob)))
                 s.shutdown(socket.SHUT_WR)
                 srv.wait_done()
+            self.assertEqual(srv.errors, [])
             self.assertEqual(srv.results, [(11, h.sha256(b"still alive"))])
+            print(f"  destination sender was {'blocked' if blocked else 'NOT blocked'} while the"
+                  " client did not read", file=sys.stderr)
 
     def test_ping_pong(self):
         s, _ = h.socks_connect(self.proxy, "127.0.0.1", self.echo.port)

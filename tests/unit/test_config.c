@@ -11,7 +11,7 @@ static int parse(struct config *cfg, char *err, int argc, char **argv)
 	return config_parse(cfg, argc, argv, err, 256);
 }
 
-#define ARGS(...) ((char *[]){"ringsocks", __VA_ARGS__, NULL})
+#define ARGS(...)  ((char *[]){"ringsocks", __VA_ARGS__, NULL})
 #define NARGS(...) ((int)(sizeof((char *[]){"ringsocks", __VA_ARGS__}) / sizeof(char *)))
 
 Test(config, defaults_listen_on_localhost_1080)
@@ -39,16 +39,16 @@ Test(config, parses_every_flag)
 	struct config cfg;
 	char err[256];
 	char **argv = ARGS("-l", "[::1]:1081", "--listen", "127.0.0.2:9", "-w", "2", "--cpus",
-			   "0-1", "--user", "alice:se:cret", "--user", "bob:", "--resolver",
-			   "127.0.0.1:5353", "--handshake-timeout", "0.5", "--connect-timeout", "3",
-			   "--max-conns", "100", "-v");
-	cr_assert_eq(parse(&cfg, err, NARGS("-l", "[::1]:1081", "--listen", "127.0.0.2:9", "-w",
-					    "2", "--cpus", "0-1", "--user", "alice:se:cret",
-					    "--user", "bob:", "--resolver", "127.0.0.1:5353",
-					    "--handshake-timeout", "0.5", "--connect-timeout", "3",
-					    "--max-conns", "100", "-v"),
-			   argv),
-		     0, "%s", err);
+	                   "0-1", "--user", "alice:se:cret", "--user", "bob:", "--resolver",
+	                   "127.0.0.1:5353", "--handshake-timeout", "0.5", "--connect-timeout", "3",
+	                   "--max-conns", "100", "-v");
+	cr_assert_eq(parse(&cfg, err,
+	                   NARGS("-l", "[::1]:1081", "--listen", "127.0.0.2:9", "-w", "2", "--cpus",
+	                         "0-1", "--user", "alice:se:cret", "--user", "bob:", "--resolver",
+	                         "127.0.0.1:5353", "--handshake-timeout", "0.5",
+	                         "--connect-timeout", "3", "--max-conns", "100", "-v"),
+	                   argv),
+	             0, "%s", err);
 	cr_assert_eq(cfg.nlisten, 2);
 	cr_assert_eq(cfg.listen[0].ss_family, AF_INET6);
 	cr_assert_eq(ntohs(((struct sockaddr_in6 *)&cfg.listen[0])->sin6_port), 1081);
@@ -85,28 +85,28 @@ struct bad_case {
 Test(config, rejects_bad_values_with_one_line)
 {
 	static const struct bad_case cases[] = {
-		{"-w", "0", "--workers"},
-		{"-w", "x", "--workers"},
-		{"--listen", "nonsense", "--listen"},
-		{"--listen", "127.0.0.1:70000", "--listen"},
-		{"--listen", "::1:80", "--listen"},
-		{"--listen", "localhost:80", "--listen"},
-		{"--user", "nopass", "--user"},
-		{"--user", ":pw", "--user"},
-		{"--cpus", "1-0", "--cpus"},
-		{"--cpus", "a", "--cpus"},
-		{"--handshake-timeout", "0", "--handshake-timeout"},
-		{"--handshake-timeout", "-1", "--handshake-timeout"},
-		{"--connect-timeout", "nan", "--connect-timeout"},
-		{"--max-conns", "0", "--max-conns"},
-		{"--resolver", "example.com", "--resolver"},
+	    {"-w", "0", "--workers"},
+	    {"-w", "x", "--workers"},
+	    {"--listen", "nonsense", "--listen"},
+	    {"--listen", "127.0.0.1:70000", "--listen"},
+	    {"--listen", "::1:80", "--listen"},
+	    {"--listen", "localhost:80", "--listen"},
+	    {"--user", "nopass", "--user"},
+	    {"--user", ":pw", "--user"},
+	    {"--cpus", "1-0", "--cpus"},
+	    {"--cpus", "a", "--cpus"},
+	    {"--handshake-timeout", "0", "--handshake-timeout"},
+	    {"--handshake-timeout", "-1", "--handshake-timeout"},
+	    {"--connect-timeout", "nan", "--connect-timeout"},
+	    {"--max-conns", "0", "--max-conns"},
+	    {"--resolver", "example.com", "--resolver"},
 	};
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		struct config cfg;
 		char err[256];
 		char *argv[] = {"ringsocks", (char *)cases[i].flag, (char *)cases[i].value, NULL};
 		cr_assert_eq(parse(&cfg, err, 3, argv), -EINVAL, "%s %s", cases[i].flag,
-			     cases[i].value);
+		             cases[i].value);
 		cr_assert_not_null(strstr(err, cases[i].msg), "%s", err);
 		cr_assert_null(strchr(err, '\n'));
 		config_free(&cfg);

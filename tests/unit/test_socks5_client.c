@@ -25,12 +25,12 @@ static void assert_bytes(const uint8_t *got, size_t n, const uint8_t *want, size
 	char g[2048], w[2048];
 
 	cr_assert(n == want_len && (n == 0 || memcmp(got, want, want_len) == 0),
-		  "bytes differ\n got  %s\n want %s", hex(got, n, g, sizeof(g)),
-		  hex(want, want_len, w, sizeof(w)));
+	          "bytes differ\n got  %s\n want %s", hex(got, n, g, sizeof(g)),
+	          hex(want, want_len, w, sizeof(w)));
 }
 
 static void feed_expect(struct socks5_client *c, const uint8_t *in, size_t len,
-			enum socks5_status want, size_t want_used)
+                        enum socks5_status want, size_t want_used)
 {
 	size_t used = 12345;
 	enum socks5_status st = socks5_client_feed(c, in, len, &used);
@@ -47,12 +47,11 @@ static void assert_failed(const struct socks5_client *c, int err)
 }
 
 static const struct socks5_addr dst4 = {
-	.atyp = SOCKS5_ATYP_IPV4, .len = 4, .port = 80, .u.ipv4 = {10, 0, 0, 2}};
+    .atyp = SOCKS5_ATYP_IPV4, .len = 4, .port = 80, .u.ipv4 = {10, 0, 0, 2}};
 static const uint8_t dst4_req[] = {5, 1, 0, 1, 10, 0, 0, 2, 0, 80};
 
 /* Client after start, greeting checked. */
-static void client_started(struct socks5_client *c, uint8_t cmd, const char *user,
-			   const char *pass)
+static void client_started(struct socks5_client *c, uint8_t cmd, const char *user, const char *pass)
 {
 	cr_assert_eq(socks5_client_init(c, cmd, &dst4, user, pass), 0);
 	cr_assert_eq(socks5_client_start(c), SOCKS5_SEND);
@@ -147,7 +146,8 @@ Test(client_init, encodes_the_request_and_copies_credentials)
 Test(client_init_raw, accepts_each_well_formed_request_and_keeps_the_pointer)
 {
 	static const uint8_t r4[] = {5, 1, 0, 1, 1, 2, 3, 4, 0, 80};
-	static const uint8_t r6[] = {5, 2, 9, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1};
+	static const uint8_t r6[] = {5, 2, 9, 4, 0, 0, 0, 0, 0, 0, 0,
+	                             0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1};
 	static const uint8_t rn[] = {5, 3, 0, 3, 1, 'x', 0, 0};
 	const uint8_t *reqs[] = {r4, r6, rn};
 	const size_t lens[] = {sizeof(r4), sizeof(r6), sizeof(rn)};
@@ -167,19 +167,20 @@ Test(client_init_raw, rejects_anything_but_exactly_one_well_formed_request)
 {
 	struct socks5_client c;
 
-	cr_assert_eq(socks5_client_init_raw(&c, BYTES(5, 1, 0, 1, 1, 2, 3, 4, 0, 80, 0), NULL, NULL),
-		     -EINVAL); /* trailing byte */
+	cr_assert_eq(
+	    socks5_client_init_raw(&c, BYTES(5, 1, 0, 1, 1, 2, 3, 4, 0, 80, 0), NULL, NULL),
+	    -EINVAL); /* trailing byte */
 	cr_assert_eq(socks5_client_init_raw(&c, BYTES(5, 1, 0, 1, 1, 2, 3, 4, 0), NULL, NULL),
-		     -EINVAL); /* truncated */
+	             -EINVAL); /* truncated */
 	cr_assert_eq(socks5_client_init_raw(&c, BYTES(4, 1, 0, 1, 1, 2, 3, 4, 0, 80), NULL, NULL),
-		     -EINVAL);
+	             -EINVAL);
 	cr_assert_eq(socks5_client_init_raw(&c, BYTES(5, 1, 0, 2, 1, 2, 3, 4, 0, 80), NULL, NULL),
-		     -EINVAL);
+	             -EINVAL);
 	cr_assert_eq(socks5_client_init_raw(&c, BYTES(5, 1, 0, 3, 0, 0, 80), NULL, NULL), -EINVAL);
 	cr_assert_eq(socks5_client_init_raw(&c, BYTES(5, 0, 0, 1, 1, 2, 3, 4, 0, 80), NULL, NULL),
-		     -EINVAL);
+	             -EINVAL);
 	cr_assert_eq(socks5_client_init_raw(&c, BYTES(5, 4, 0, 1, 1, 2, 3, 4, 0, 80), NULL, NULL),
-		     -EINVAL);
+	             -EINVAL);
 	cr_assert_eq(socks5_client_init_raw(&c, dst4_req, 0, NULL, NULL), -EINVAL);
 	cr_assert_eq(socks5_client_init_raw(&c, NULL, 10, NULL, NULL), -EINVAL);
 	cr_assert_eq(socks5_client_init_raw(&c, dst4_req, sizeof(dst4_req), "u", NULL), -EINVAL);
@@ -361,8 +362,8 @@ Test(client_reply, success_fills_bnd_and_leaves_payload_unconsumed)
 	struct socks5_client c;
 
 	client_at_reply(&c, SOCKS5_CMD_CONNECT);
-	feed_expect(&c, BYTES(5, 0, 0, 1, 192, 0, 2, 1, 0x9C, 0x40, 'd', 'a', 't', 'a'), SOCKS5_REPLY,
-		    10);
+	feed_expect(&c, BYTES(5, 0, 0, 1, 192, 0, 2, 1, 0x9C, 0x40, 'd', 'a', 't', 'a'),
+	            SOCKS5_REPLY, 10);
 	cr_assert_eq(c.reply, 0);
 	cr_assert_eq(c.nreplies, 1);
 	cr_assert_eq(c.state, SOCKS5_CLI_DONE);
@@ -377,8 +378,8 @@ Test(client_reply, fills_ipv6_and_domain_bnd)
 
 	client_at_reply(&c, SOCKS5_CMD_CONNECT);
 	feed_expect(&c,
-		    BYTES(5, 0, 0, 4, 0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9, 0, 7),
-		    SOCKS5_REPLY, 22);
+	            BYTES(5, 0, 0, 4, 0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9, 0, 7),
+	            SOCKS5_REPLY, 22);
 	cr_assert_eq(c.bnd.atyp, SOCKS5_ATYP_IPV6);
 	cr_assert_eq(c.bnd.len, 16);
 	cr_assert_eq(c.bnd.u.ipv6[0], 0xfe);
@@ -420,6 +421,26 @@ Test(client_reply, rejects_malformed_replies_as_eproto)
 	client_at_reply(&c, 1);
 	feed_expect(&c, BYTES(5, 0, 0, 3, 0, 0, 0), SOCKS5_ERROR, 5);
 	assert_failed(&c, -EPROTO);
+}
+
+Test(client_reply, keeps_the_whole_reply_in_ibuf_for_forwarding)
+{
+	static const uint8_t ok[] = {5, 0, 0, 3, 4, 'h', 'o', 's', 't', 0x01, 0xBB};
+	static const uint8_t refused[] = {5, 5, 0, 1, 9, 8, 7, 6, 0, 1};
+	struct socks5_client c;
+	uint8_t code;
+
+	client_at_reply(&c, SOCKS5_CMD_CONNECT);
+	feed_expect(&c, ok, sizeof(ok), SOCKS5_REPLY, sizeof(ok));
+	cr_assert_eq(socks5_parse_message(c.ibuf, sizeof(c.ibuf), &code, NULL), (int)sizeof(ok));
+	assert_bytes(c.ibuf, sizeof(ok), ok, sizeof(ok));
+
+	client_at_reply(&c, SOCKS5_CMD_CONNECT);
+	feed_expect(&c, refused, sizeof(refused), SOCKS5_ERROR, sizeof(refused));
+	cr_assert_eq(socks5_parse_message(c.ibuf, sizeof(c.ibuf), &code, NULL),
+	             (int)sizeof(refused));
+	cr_assert_eq(code, SOCKS5_REP_CONN_REFUSED);
+	assert_bytes(c.ibuf, sizeof(refused), refused, sizeof(refused));
 }
 
 Test(client_reply, feeding_after_done_is_einval_and_consumes_nothing)
@@ -507,7 +528,7 @@ struct run {
 };
 
 static void run_client(struct run *r, uint8_t cmd, const char *user, const char *pass,
-		       const uint8_t *in, size_t len, const size_t *cuts, size_t ncuts)
+                       const uint8_t *in, size_t len, const size_t *cuts, size_t ncuts)
 {
 	struct socks5_client c;
 	size_t pos = 0, avail, used;
@@ -561,7 +582,7 @@ static void assert_same_run(const struct run *a, const struct run *b, const char
 		cr_assert_eq(a->bnd[i].len, b->bnd[i].len, "%s", how);
 		cr_assert_eq(a->bnd[i].port, b->bnd[i].port, "%s", how);
 		cr_assert_arr_eq(a->bnd[i].u.name, b->bnd[i].u.name, sizeof(a->bnd[i].u.name), "%s",
-				 how);
+		                 how);
 	}
 	cr_assert_eq(a->err, b->err, "%s", how);
 	cr_assert_eq(a->reply, b->reply, "%s", how);
@@ -570,7 +591,7 @@ static void assert_same_run(const struct run *a, const struct run *b, const char
 }
 
 static void assert_split_invariant(uint8_t cmd, const char *user, const char *pass,
-				   const uint8_t *in, size_t len, const struct run *whole)
+                                   const uint8_t *in, size_t len, const struct run *whole)
 {
 	size_t cuts[1024];
 	struct run r;
@@ -606,16 +627,16 @@ Test(client_split, noauth_connect_same_result_for_every_cut)
 Test(client_split, userpass_bind_two_ipv6_replies_same_result_for_every_cut)
 {
 	static const uint8_t in[] = {
-		5, 2,                                                                    /* method */
-		1, 0,                                                                    /* status */
-		5, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0x04, 0x00, /* reply */
-		5, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0x04, 0x01, /* reply */
-		'z'};
+	    5,  2,                                                                   /* method */
+	    1,  0,                                                                   /* status */
+	    5,  0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0x04, 0x00, /* reply */
+	    5,  0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0x04, 0x01, /* reply */
+	    'z'};
 	struct run whole;
 
 	run_client(&whole, SOCKS5_CMD_BIND, "me", "pw", in, sizeof(in), NULL, 0);
 	assert_bytes(whole.out, whole.out_len,
-		     BYTES(1, 2, 'm', 'e', 2, 'p', 'w', 5, 2, 0, 1, 10, 0, 0, 2, 0, 80));
+	             BYTES(1, 2, 'm', 'e', 2, 'p', 'w', 5, 2, 0, 1, 10, 0, 0, 2, 0, 80));
 	cr_assert_eq(whole.nevents, 4);
 	cr_assert_eq(whole.events[2], SOCKS5_REPLY);
 	cr_assert_eq(whole.events[3], SOCKS5_REPLY);
@@ -634,11 +655,11 @@ Test(client_split, failures_same_result_for_every_cut)
 		size_t consumed;
 		int err;
 	} cases[] = {
-		{{5, 0xFF}, 2, 2, -ENOTSUP},
-		{{5, 2, 1, 1}, 4, 4, -EACCES},
-		{{5, 2, 3}, 3, 3, -EPROTO},
-		{{5, 0, 5, 2, 0, 1, 0, 0, 0, 0, 0, 0, 'x'}, 13, 12, -ECONNABORTED},
-		{{5, 0, 5, 0, 0, 7}, 6, 6, -EPROTO},
+	    {{5, 0xFF}, 2, 2, -ENOTSUP},
+	    {{5, 2, 1, 1}, 4, 4, -EACCES},
+	    {{5, 2, 3}, 3, 3, -EPROTO},
+	    {{5, 0, 5, 2, 0, 1, 0, 0, 0, 0, 0, 0, 'x'}, 13, 12, -ECONNABORTED},
+	    {{5, 0, 5, 0, 0, 7}, 6, 6, -EPROTO},
 	};
 
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {

@@ -30,8 +30,8 @@ static void assert_bytes(const uint8_t *got, int n, const uint8_t *want, size_t 
 
 	cr_assert(n >= 0, "encoder failed: %d", n);
 	cr_assert((size_t)n == want_len && memcmp(got, want, want_len) == 0,
-		  "bytes differ\n got  %s\n want %s", hex(got, (size_t)n, g, sizeof(g)),
-		  hex(want, want_len, w, sizeof(w)));
+	          "bytes differ\n got  %s\n want %s", hex(got, (size_t)n, g, sizeof(g)),
+	          hex(want, want_len, w, sizeof(w)));
 }
 
 static struct socks5_addr addr4(uint8_t a, uint8_t b, uint8_t c, uint8_t d, uint16_t port)
@@ -79,7 +79,7 @@ Test(encode_request, writes_ipv4_connect_with_port_big_endian)
 	uint8_t out[SOCKS5_MAX_REQUEST];
 
 	assert_bytes(out, socks5_encode_request(out, sizeof(out), SOCKS5_CMD_CONNECT, &a),
-		     BYTES(0x05, 0x01, 0x00, 0x01, 192, 168, 1, 2, 0x1F, 0x90));
+	             BYTES(0x05, 0x01, 0x00, 0x01, 192, 168, 1, 2, 0x1F, 0x90));
 }
 
 Test(encode_request, writes_ipv6_bind)
@@ -88,8 +88,8 @@ Test(encode_request, writes_ipv6_bind)
 	uint8_t out[SOCKS5_MAX_REQUEST];
 
 	assert_bytes(out, socks5_encode_request(out, sizeof(out), SOCKS5_CMD_BIND, &a),
-		     BYTES(0x05, 0x02, 0x00, 0x04, 0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-			   0, 0, 0x01, 0x01, 0xBB));
+	             BYTES(0x05, 0x02, 0x00, 0x04, 0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0,
+	                   0, 0, 0, 0x01, 0x01, 0xBB));
 }
 
 Test(encode_request, writes_domain_udp_associate_with_length_prefix)
@@ -98,8 +98,8 @@ Test(encode_request, writes_domain_udp_associate_with_length_prefix)
 	uint8_t out[SOCKS5_MAX_REQUEST];
 
 	assert_bytes(out, socks5_encode_request(out, sizeof(out), SOCKS5_CMD_UDP_ASSOCIATE, &a),
-		     BYTES(0x05, 0x03, 0x00, 0x03, 11, 'e', 'x', 'a', 'm', 'p', 'l', 'e', '.', 'c',
-			   'o', 'm', 0x00, 0x35));
+	             BYTES(0x05, 0x03, 0x00, 0x03, 11, 'e', 'x', 'a', 'm', 'p', 'l', 'e', '.', 'c',
+	                   'o', 'm', 0x00, 0x35));
 }
 
 Test(encode_request, writes_255_byte_domain_in_max_request_size)
@@ -116,7 +116,7 @@ Test(encode_request, writes_255_byte_domain_in_max_request_size)
 	want[260] = 0xFF;
 	want[261] = 0xFF;
 	assert_bytes(out, socks5_encode_request(out, sizeof(out), SOCKS5_CMD_CONNECT, &a), want,
-		     SOCKS5_MAX_REQUEST);
+	             SOCKS5_MAX_REQUEST);
 }
 
 Test(encode_request, passes_any_command_byte_through)
@@ -125,7 +125,7 @@ Test(encode_request, passes_any_command_byte_through)
 	uint8_t out[SOCKS5_MAX_REQUEST];
 
 	assert_bytes(out, socks5_encode_request(out, sizeof(out), 0x09, &a),
-		     BYTES(5, 9, 0, 1, 1, 2, 3, 4, 0, 5));
+	             BYTES(5, 9, 0, 1, 1, 2, 3, 4, 0, 5));
 }
 
 Test(encode_request, rejects_unknown_atyp_and_wrong_lengths)
@@ -174,26 +174,26 @@ Test(encode_reply, writes_every_reply_code_with_zero_ipv4_bnd_when_bnd_is_null)
 
 	for (unsigned rep = 0; rep <= 8; rep++)
 		assert_bytes(out, socks5_encode_reply(out, sizeof(out), (uint8_t)rep, NULL),
-			     BYTES(5, (uint8_t)rep, 0, 1, 0, 0, 0, 0, 0, 0));
+		             BYTES(5, (uint8_t)rep, 0, 1, 0, 0, 0, 0, 0, 0));
 }
 
 Test(encode_reply, writes_every_reply_code_for_every_address_type)
 {
 	struct socks5_addr a4 = addr4(10, 0, 0, 1, 1080), a6 = addr6("::1", 1),
-			   an = addr_name("h.example", 65535);
+	                   an = addr_name("h.example", 65535);
 	uint8_t out[SOCKS5_MAX_REPLY];
 
 	for (unsigned r = 0; r <= 8; r++) {
 		uint8_t rep = (uint8_t)r;
 
 		assert_bytes(out, socks5_encode_reply(out, sizeof(out), rep, &a4),
-			     BYTES(5, rep, 0, 1, 10, 0, 0, 1, 0x04, 0x38));
-		assert_bytes(out, socks5_encode_reply(out, sizeof(out), rep, &a6),
-			     BYTES(5, rep, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0,
-				   1));
+		             BYTES(5, rep, 0, 1, 10, 0, 0, 1, 0x04, 0x38));
+		assert_bytes(
+		    out, socks5_encode_reply(out, sizeof(out), rep, &a6),
+		    BYTES(5, rep, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1));
 		assert_bytes(out, socks5_encode_reply(out, sizeof(out), rep, &an),
-			     BYTES(5, rep, 0, 3, 9, 'h', '.', 'e', 'x', 'a', 'm', 'p', 'l', 'e',
-				   0xFF, 0xFF));
+		             BYTES(5, rep, 0, 3, 9, 'h', '.', 'e', 'x', 'a', 'm', 'p', 'l', 'e',
+		                   0xFF, 0xFF));
 	}
 }
 
@@ -211,7 +211,7 @@ Test(encode_reply, rejects_bad_bnd_and_short_buffer)
 /* ---- socks5_parse_message ---- */
 
 static void assert_parses_only_when_complete(const uint8_t *msg, size_t len,
-					     const struct socks5_addr *want, uint8_t want_code)
+                                             const struct socks5_addr *want, uint8_t want_code)
 {
 	uint8_t buf[SOCKS5_MAX_REPLY + 8], code;
 	struct socks5_addr a;
@@ -231,7 +231,7 @@ static void assert_parses_only_when_complete(const uint8_t *msg, size_t len,
 Test(parse_message, needs_every_byte_of_each_address_type_and_no_more)
 {
 	struct socks5_addr a4 = addr4(127, 0, 0, 1, 80), a6 = addr6("fe80::1:2", 8080),
-			   an = addr_name("localhost", 443);
+	                   an = addr_name("localhost", 443);
 	uint8_t m[SOCKS5_MAX_REPLY];
 	int n;
 
@@ -255,9 +255,10 @@ Test(parse_message, round_trips_boundary_ports_and_max_domain)
 	memset(name, 'z', 255);
 	name[255] = '\0';
 	for (size_t i = 0; i < sizeof(ports) / sizeof(ports[0]); i++) {
-		struct socks5_addr in[3] = {addr4(0, 0, 0, 0, ports[i]),
-					    addr6("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", ports[i]),
-					    addr_name(name, ports[i])};
+		struct socks5_addr in[3] = {
+		    addr4(0, 0, 0, 0, ports[i]),
+		    addr6("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", ports[i]),
+		    addr_name(name, ports[i])};
 		for (int t = 0; t < 3; t++) {
 			a = in[t];
 			n = socks5_encode_request(m, sizeof(m), 3, &a);
@@ -277,7 +278,8 @@ Test(parse_message, reports_unknown_atyp_as_soon_as_the_atyp_byte_is_there)
 		uint8_t m[] = {5, 0, 0, atyps[i]};
 
 		cr_assert_eq(socks5_parse_message(m, 3, NULL, NULL), 0);
-		cr_assert_eq(socks5_parse_message(m, 4, NULL, NULL), -SOCKS5_REP_ATYP_NOT_SUPPORTED);
+		cr_assert_eq(socks5_parse_message(m, 4, NULL, NULL),
+		             -SOCKS5_REP_ATYP_NOT_SUPPORTED);
 	}
 }
 
@@ -286,7 +288,7 @@ Test(parse_message, reports_wrong_version_at_first_byte)
 	cr_assert_eq(socks5_parse_message(BYTES(4), NULL, NULL), -SOCKS5_REP_GENERAL_FAILURE);
 	cr_assert_eq(socks5_parse_message(BYTES(0), NULL, NULL), -SOCKS5_REP_GENERAL_FAILURE);
 	cr_assert_eq(socks5_parse_message(BYTES(4, 1, 0, 1, 1, 2, 3, 4, 0, 80), NULL, NULL),
-		     -SOCKS5_REP_GENERAL_FAILURE);
+	             -SOCKS5_REP_GENERAL_FAILURE);
 	cr_assert_eq(socks5_parse_message(NULL, 0, NULL, NULL), 0);
 }
 
@@ -294,9 +296,9 @@ Test(parse_message, reports_zero_length_domain_after_the_length_byte)
 {
 	cr_assert_eq(socks5_parse_message(BYTES(5, 1, 0, 3), NULL, NULL), 0);
 	cr_assert_eq(socks5_parse_message(BYTES(5, 1, 0, 3, 0), NULL, NULL),
-		     -SOCKS5_REP_GENERAL_FAILURE);
+	             -SOCKS5_REP_GENERAL_FAILURE);
 	cr_assert_eq(socks5_parse_message(BYTES(5, 1, 0, 3, 0, 0, 80), NULL, NULL),
-		     -SOCKS5_REP_GENERAL_FAILURE);
+	             -SOCKS5_REP_GENERAL_FAILURE);
 }
 
 Test(parse_message, keeps_embedded_nul_in_domain_and_terminates_it)
@@ -304,9 +306,8 @@ Test(parse_message, keeps_embedded_nul_in_domain_and_terminates_it)
 	struct socks5_addr a;
 	uint8_t code;
 
-	cr_assert_eq(socks5_parse_message(BYTES(5, 1, 0x7F, 3, 3, 'a', 0, 'b', 0x12, 0x34), &code,
-					  &a),
-		     10);
+	cr_assert_eq(
+	    socks5_parse_message(BYTES(5, 1, 0x7F, 3, 3, 'a', 0, 'b', 0x12, 0x34), &code, &a), 10);
 	cr_assert_eq(code, 1);
 	cr_assert_eq(a.atyp, SOCKS5_ATYP_DOMAIN);
 	cr_assert_eq(a.len, 3);
@@ -349,7 +350,7 @@ Test(addr, from_sockaddr_keeps_v4_mapped_address_as_ipv6)
 	cr_assert_eq(a.atyp, SOCKS5_ATYP_IPV6);
 	cr_assert_eq(a.len, 16);
 	cr_assert_arr_eq(a.u.ipv6,
-			 ((uint8_t[]){0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 1, 2, 3, 4}), 16);
+	                 ((uint8_t[]){0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 1, 2, 3, 4}), 16);
 }
 
 Test(addr, from_sockaddr_rejects_other_families)
@@ -471,7 +472,7 @@ Test(text, reply_str_names_every_code)
 Test(text, addr_str_formats_each_address_type)
 {
 	struct socks5_addr a4 = addr4(1, 2, 3, 4, 80), a6 = addr6("::1", 1080),
-			   a6b = addr6("2001:db8::1", 65535), an = addr_name("example.com", 443);
+	                   a6b = addr6("2001:db8::1", 65535), an = addr_name("example.com", 443);
 	char buf[300];
 
 	cr_assert_eq(socks5_addr_str(&a4, buf, sizeof(buf)), buf);

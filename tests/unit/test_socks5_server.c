@@ -26,13 +26,13 @@ static void assert_bytes(const uint8_t *got, size_t n, const uint8_t *want, size
 	char g[2048], w[2048];
 
 	cr_assert(n == want_len && (n == 0 || memcmp(got, want, want_len) == 0),
-		  "bytes differ\n got  %s\n want %s", hex(got, n, g, sizeof(g)),
-		  hex(want, want_len, w, sizeof(w)));
+	          "bytes differ\n got  %s\n want %s", hex(got, n, g, sizeof(g)),
+	          hex(want, want_len, w, sizeof(w)));
 }
 
 /* One feed call that must use exactly `want_used` bytes and return `want`. */
 static void feed_expect(struct socks5_server *s, const uint8_t *in, size_t len,
-			enum socks5_status want, size_t want_used)
+                        enum socks5_status want, size_t want_used)
 {
 	size_t used = 12345;
 	enum socks5_status st = socks5_server_feed(s, in, len, &used);
@@ -227,8 +227,8 @@ Test(auth, delivers_nul_terminated_credentials)
 	struct socks5_server s;
 
 	server_at_auth(&s);
-	feed_expect(&s, BYTES(1, 5, 'a', 'l', 'i', 'c', 'e', 3, 'p', 'w', 'd', 5, 1), SOCKS5_CHECK_AUTH,
-		    11);
+	feed_expect(&s, BYTES(1, 5, 'a', 'l', 'i', 'c', 'e', 3, 'p', 'w', 'd', 5, 1),
+	            SOCKS5_CHECK_AUTH, 11);
 	cr_assert_eq(s.state, SOCKS5_SRV_AUTH_CHECK);
 	cr_assert_eq(s.user_len, 5);
 	cr_assert_eq(s.pass_len, 3);
@@ -359,7 +359,8 @@ Test(request, delivers_ipv4_connect_with_raw_bytes)
 
 Test(request, delivers_ipv6_bind)
 {
-	static const uint8_t m[] = {5, 2, 0, 4, 0x20, 1, 0xd, 0xb8, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 0x10, 0x00};
+	static const uint8_t m[] = {5, 2, 0, 4, 0x20, 1, 0xd, 0xb8, 1,  2,    3,
+	                            4, 5, 6, 7, 8,    9, 10,  11,   12, 0x10, 0x00};
 	struct socks5_server s;
 
 	server_at_request(&s);
@@ -543,10 +544,10 @@ Test(pipeline, greeting_request_and_payload_in_one_buffer)
 
 Test(pipeline, greeting_auth_request_and_payload_in_one_buffer)
 {
-	static const uint8_t in[] = {5, 2, 0, 2,                                /* greeting */
-				     1, 2, 'm', 'e', 2, 'p', 'w',               /* auth */
-				     5, 1, 0, 3, 3, 'f', 'o', 'o', 0x1F, 0x90, /* request */
-				     'G', 'E', 'T', ' '};
+	static const uint8_t in[] = {5,   2,   0,   2,                /* greeting */
+	                             1,   2,   'm', 'e', 2, 'p', 'w', /* auth */
+	                             5,   1,   0,   3,   3, 'f', 'o', 'o', 0x1F, 0x90, /* request */
+	                             'G', 'E', 'T', ' '};
 	struct socks5_server s;
 	size_t used, pos = 0;
 
@@ -613,7 +614,7 @@ static const struct setup both = {BOTH, "user", "secret"};
 /* Delivers in[0..len) in pieces ending at cuts[0..ncuts) and then len, and like a daemon keeps
  * feeding after each answer until the server needs more or is finished. */
 static void run_server(struct run *r, const struct setup *setup, const uint8_t *in, size_t len,
-		       const size_t *cuts, size_t ncuts)
+                       const size_t *cuts, size_t ncuts)
 {
 	struct socks5_server s;
 	size_t pos = 0, avail, used;
@@ -640,9 +641,9 @@ static void run_server(struct run *r, const struct setup *setup, const uint8_t *
 			if (st == SOCKS5_CHECK_AUTH) {
 				memcpy(r->user, s.user, s.user_len + 1u);
 				memcpy(r->pass, s.pass, s.pass_len + 1u);
-				st = socks5_server_auth_verdict(&s, setup->user &&
-									    !strcmp(s.user, setup->user) &&
-									    !strcmp(s.pass, setup->pass));
+				st = socks5_server_auth_verdict(
+				    &s, setup->user && !strcmp(s.user, setup->user) &&
+				            !strcmp(s.pass, setup->pass));
 				run_event(r, st);
 				run_output(r, &s);
 				if (st == SOCKS5_SEND)
@@ -671,7 +672,7 @@ static void assert_same_run(const struct run *a, const struct run *b, const char
 	for (size_t i = 0; i < a->nevents; i++)
 		cr_assert_eq(a->events[i], b->events[i], "%s: event %zu", how, i);
 	cr_assert_eq(a->consumed, b->consumed, "%s: consumed %zu vs %zu", how, a->consumed,
-		     b->consumed);
+	             b->consumed);
 	cr_assert_str_eq(a->user, b->user, "%s", how);
 	cr_assert_str_eq(a->pass, b->pass, "%s", how);
 	cr_assert_eq(a->req.cmd, b->req.cmd, "%s", how);
@@ -679,7 +680,7 @@ static void assert_same_run(const struct run *a, const struct run *b, const char
 	cr_assert_eq(a->req.dst.len, b->req.dst.len, "%s", how);
 	cr_assert_eq(a->req.dst.port, b->req.dst.port, "%s", how);
 	cr_assert_arr_eq(a->req.dst.u.name, b->req.dst.u.name, sizeof(a->req.dst.u.name), "%s",
-			 how);
+	                 how);
 	assert_bytes(a->raw, a->raw_len, b->raw, b->raw_len);
 	cr_assert_eq(a->err, b->err, "%s", how);
 	cr_assert_eq(a->reply, b->reply, "%s", how);
@@ -688,7 +689,7 @@ static void assert_same_run(const struct run *a, const struct run *b, const char
 
 /* Every two-piece cut (including empty pieces) and one byte at a time match the whole. */
 static void assert_split_invariant(const struct setup *setup, const uint8_t *in, size_t len,
-				   const struct run *whole)
+                                   const struct run *whole)
 {
 	size_t cuts[2048];
 	struct run r;
@@ -708,7 +709,8 @@ static void assert_split_invariant(const struct setup *setup, const uint8_t *in,
 }
 
 static const uint8_t req_ipv4[] = {5, 1, 0, 1, 127, 0, 0, 1, 0x1F, 0x90};
-static const uint8_t req_ipv6[] = {5, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 21};
+static const uint8_t req_ipv6[] = {5, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0,
+                                   0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 21};
 static const uint8_t req_name[] = {5, 3, 0, 3, 4, 'h', 'o', 's', 't', 0xC3, 0x50};
 static const uint8_t payload[] = {'P', 'A', 'Y'};
 
@@ -847,18 +849,33 @@ Test(split, rejections_same_result_for_every_cut)
 		size_t consumed;
 		int err;
 	} cases[] = {
-		{&both, {'G', 'E', 'T', ' ', '/'}, 5, {0}, 0, 1, -EPROTO},
-		{&both, {5, 0, 5, 1, 0}, 5, {5, 0xFF}, 2, 2, -EPROTO},
-		{&userpass_only, {5, 1, 0, 1}, 4, {5, 0xFF}, 2, 3, -ENOTSUP},
-		{&both, {5, 1, 2, 5, 1, 'u', 0}, 7, {5, 2, 1, 1}, 4, 4, -EPROTO},
-		{&both, {5, 1, 2, 1, 0, 0}, 6, {5, 2, 1, 1}, 4, 5, -EPROTO},
-		{&both, {5, 1, 2, 1, 1, 'u', 1, 'p', 5, 1, 0, 1}, 12, {5, 2, 1, 1}, 4, 8, -EACCES},
-		{&both, {5, 1, 0, 5, 1, 0, 6, 1, 2, 3, 4, 0, 80}, 13,
-		 {5, 0, 5, 8, 0, 1, 0, 0, 0, 0, 0, 0}, 12, 7, -EAFNOSUPPORT},
-		{&both, {5, 1, 0, 5, 1, 0, 3, 0, 0, 80}, 10,
-		 {5, 0, 5, 1, 0, 1, 0, 0, 0, 0, 0, 0}, 12, 8, -EPROTO},
-		{&both, {5, 1, 0, 5, 9, 0, 1, 1, 2, 3, 4, 0, 80, 'x'}, 14,
-		 {5, 0, 5, 7, 0, 1, 0, 0, 0, 0, 0, 0}, 12, 13, -EOPNOTSUPP},
+	    {&both, {'G', 'E', 'T', ' ', '/'}, 5, {0}, 0, 1, -EPROTO},
+	    {&both, {5, 0, 5, 1, 0}, 5, {5, 0xFF}, 2, 2, -EPROTO},
+	    {&userpass_only, {5, 1, 0, 1}, 4, {5, 0xFF}, 2, 3, -ENOTSUP},
+	    {&both, {5, 1, 2, 5, 1, 'u', 0}, 7, {5, 2, 1, 1}, 4, 4, -EPROTO},
+	    {&both, {5, 1, 2, 1, 0, 0}, 6, {5, 2, 1, 1}, 4, 5, -EPROTO},
+	    {&both, {5, 1, 2, 1, 1, 'u', 1, 'p', 5, 1, 0, 1}, 12, {5, 2, 1, 1}, 4, 8, -EACCES},
+	    {&both,
+	     {5, 1, 0, 5, 1, 0, 6, 1, 2, 3, 4, 0, 80},
+	     13,
+	     {5, 0, 5, 8, 0, 1, 0, 0, 0, 0, 0, 0},
+	     12,
+	     7,
+	     -EAFNOSUPPORT},
+	    {&both,
+	     {5, 1, 0, 5, 1, 0, 3, 0, 0, 80},
+	     10,
+	     {5, 0, 5, 1, 0, 1, 0, 0, 0, 0, 0, 0},
+	     12,
+	     8,
+	     -EPROTO},
+	    {&both,
+	     {5, 1, 0, 5, 9, 0, 1, 1, 2, 3, 4, 0, 80, 'x'},
+	     14,
+	     {5, 0, 5, 7, 0, 1, 0, 0, 0, 0, 0, 0},
+	     12,
+	     13,
+	     -EOPNOTSUPP},
 	};
 
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {

@@ -1,0 +1,224 @@
+"""The command line: --help / --version, bad flags and values (exit 2, one line on stderr),
+several listeners including IPv6, CPU pinning, -v logging, SIGTERM / SIGINT -> exit 0."""
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness as h  # noqa: E402
+
+FLAGS = ["-l", "--listen", "-w", "--workers", "--cpus", "--user", "--resolver",
+         "--handshake-timeout", "--connect-timeout", "--max-conns", "-v", "--verbose",
+         "-h", "--help", "--version"]
+
+
+def run(args, timeout=5.0):
+    """Run the binary to completion; a daemon that does not exit within timeout is killed and
+    reported as exit code None."""
+    p = subprocess.Popen([h.BIN] + args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, preexec_fn=h._die_with_parent)
+    try:
+        out, err = p.communicate(timeout=timeout * h.SLOW)
+        return p.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate(timeout=5)
+        return None, out.decode(errors="replace"), err.decode(errors="replace")
+
+
+def task_affinities(pid):
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for line in f:
+                    if line.startswith("Cpus_allowed_list:"):
+                        out[int(tid)] = line.split(":", 1)[1].strip()
+        except FileNotFoundError:
+            pass
+    return out
+
+
+@unittest.skipIf(h.PEER, "ringsocks command line")
+class CliTest(unittest.TestCase):
+    def test_help(self):
+        for flag in ("--help", "-h"):
+            with self.subTest(flag=flag):
+                rc, out, err = run([flag])
+                self.assertEqual(rc, 0, err)
+                text = out + err
+                missing = [f for f in FLAGS if not re.search(rf"(^|[\s,\[]){re.escape(f)}\b", text)]
+                self.assertEqual(missing, [], f"--help does not mention these flags:\n{text}")
+
+    def test_version(self):
+        rc, out, err = run(["--version"])
+        self.assertEqual(rc, 0, err)
+        self.assertRegex(out + err, r"\d+\.\d+")
+
+    def test_bad_arguments(self):
+        port = h.unused_port()
+        listen = ["-l", f"127.0.0.1:{port}"]  # if a bad argument were accepted: not port 1080
+        cases = [
+            ["--bogus"],
+            ["-w", "0"],
+            ["-w", "abc"],
+            ["-w", "-3"],
+            ["-w"],
+            ["--listen", "nonsense"],
+            ["--listen", "127.0.0.1"],
+            ["--listen", "127.0.0.1:99999"],
+            ["--listen", "::1:1080"],  # IPv6 must be bracketed
+            ["--listen", "[::1:1080"],
+            ["--user", "nopass"],
+            ["--user", ":secret"],
+            ["--handshake-timeout", "abc"],
+            ["--handshake-timeout", "-1"],
+            ["--connect-timeout", "soon"],
+            ["--resolver", "nonsense"],
+            ["--resolver", "127.0.0.1:70000"],
+            ["--cpus", "x"],
+            ["--cpus", "1-"],
+            ["--max-conns", "many"],
+            ["stray-positional"],
+        ]
+        for args in cases:
+            with self.subTest(args=args):
+                rc, out, err = run(listen + args)
+                self.assertEqual(rc, 2, f"exit code for {args} (stderr: {err!r})")
+                lines = [l for l in err.splitlines() if l.strip()]
+                self.assertEqual(len(lines), 1, f"stderr for {args} should be one line: {err!r}")
+
+    def test_sigterm_exits_0(self):
+        p = h.Proxy()
+        h.check_serving(p)
+        self.assertEqual(p.stop(signal.SIGTERM), 0)
+
+    def test_sigint_exits_0(self):
+        p = h.Proxy()
+        h.check_serving(p)
+        self.assertEqual(p.stop(signal.SIGINT), 0)
+
+    def test_sigterm_with_open_connections(self):
+        with h.EchoServer() as echo:
+            p = h.Proxy()
+            relay, _ = h.socks_connect(p, "127.0.0.1", echo.port)
+            busy, _ = h.socks_connect(p, "127.0.0.1", echo.port)
+            silent = h.open_client(p)
+            half = h.open_client(p)
+            half.sendall(h.greeting() + b"\x05\x01")
+            busy.sendall(os.urandom(1 << 20))  # data in flight
+            time.sleep(0.2)
+            try:
+                self.assertEqual(p.stop(signal.SIGTERM), 0)
+                for s in (relay, busy, silent, half):
+                    h.read_to_close(s, timeout=5)  # closed by the exit, not left hanging
+            finally:
+                for s in (relay, busy, silent, half):
+                    s.close()
+
+    def test_several_listeners_ipv4_and_ipv6(self):
+        port6 = h.unused_port("::1")
+        with h.EchoServer() as echo, h.Proxy(["-l", f"[::1]:{port6}"]) as p:
+            for addr in (("127.0.0.1", p.port), ("::1", port6)):
+                with self.subTest(listen=addr):
+                    s, r = h.socks_connect(addr, "127.0.0.1", echo.port)
+                    with s:
+                        self.assertEqual(h.echo_roundtrip(s, b"hi"), b"hi")
+
+    def test_ipv6_only_listener(self):
+        with h.EchoServer(hosts=("::1",)) as echo, h.Proxy(host="::1") as p:
+            s, r = h.socks_connect(p, "::1", echo.port)
+            with s:
+                self.assertEqual(h.echo_roundtrip(s, b"v6"), b"v6")
+
+    @unittest.skipIf((os.cpu_count() or 1) < 2, "needs 2 CPUs")
+    def test_cpus_pins_workers(self):
+        for cpus, workers, want in (("1", 1, ["1"]), ("0,1", 2, ["0", "1"]), ("0-1", 2, ["0", "1"])):
+            with self.subTest(cpus=cpus), h.Proxy(["--cpus", cpus], workers=workers) as p:
+                h.check_serving(p)
+                # the listener may accept before the worker threads have pinned themselves
+                deadline = time.monotonic() + 3 * h.SLOW
+                while True:
+                    aff = task_affinities(p.pid)
+                    pinned = sorted(v for v in aff.values() if v in want)
+                    if pinned == sorted(want) or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.02)
+                self.assertEqual(pinned, sorted(want), f"--cpus {cpus} -w {workers}: affinities {aff}")
+
+    def test_workers_threads(self):
+        for w in (1, 3):
+            with self.subTest(workers=w), h.Proxy(workers=w) as p:
+                n = p.threads()
+                self.assertGreaterEqual(n, w, f"-w {w} but {n} threads")
+                self.assertLessEqual(n, w + 4)
+                h.check_serving(p)
+
+    def test_verbose_logs_one_line_per_session(self):
+        with h.EchoServer() as echo, h.Proxy() as p:
+            time.sleep(0.2)
+            before = len(p.stderr_lines())
+            for i in range(3):
+                s, r = h.socks_connect(p, "127.0.0.1", echo.port)
+                with s:
+                    self.assertEqual(h.echo_roundtrip(s, b"log me"), b"log me")
+                    s.shutdown(socket.SHUT_WR)
+                    h.read_to_close(s)
+            h.wait_for(lambda: len(p.stderr_lines()) - before >= 3, 3, what="3 session log lines")
+            time.sleep(0.3)
+            new = p.stderr_lines()[before:]
+            self.assertLessEqual(len(new), 6, "more than a line or two per session:\n" + "\n".join(new))
+
+    def test_max_conns(self):
+        """--max-conns 4: a 5th client is closed at once (no bytes), and once one of the
+        four goes away a new client is served again."""
+        with h.EchoServer() as echo, h.Proxy(["--max-conns", "4"]) as p:
+            held = [h.socks_connect(p, "127.0.0.1", echo.port)[0] for _ in range(2)]
+            held += [h.open_client(p) for _ in range(2)]  # still in the handshake: they count
+            time.sleep(0.2)
+            try:
+                with h.open_client(p) as s:
+                    t0 = time.monotonic()
+                    try:
+                        s.sendall(h.greeting())
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass
+                    data, how = h.read_to_close(s, timeout=3)  # handshake timeout is 10 s
+                    self.assertEqual(data, b"", "a client over --max-conns got an answer")
+                    self.assertLess(time.monotonic() - t0, 2)
+                self.assertEqual(h.echo_roundtrip(held[0], b"kept"), b"kept")
+            finally:
+                for s in held[1:]:
+                    s.close()
+            time.sleep(0.3)
+            # now 1 live connection: new ones are accepted again
+            h.check_serving(p)
+            held[0].close()
+
+    def test_listen_port_in_use(self):
+        blocker = socket.socket()
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen(1)
+        try:
+            rc, out, err = run(["-l", f"127.0.0.1:{blocker.getsockname()[1]}", "-w", "1"])
+            self.assertIsNotNone(rc, "the daemon kept running although it could not listen")
+            self.assertNotEqual(rc, 0)
+            self.assertTrue(err.strip(), "no error message")
+        finally:
+            blocker.close()
+
+    @classmethod
+    def tearDownClass(cls):
+        # the file ends with a plain CONNECT through a fresh proxy
+        with h.Proxy() as p:
+            h.check_serving(p)
+
+
+if __name__ == "__main__":
+    h.main()

@@ -1,0 +1,154 @@
+"""Name resolution through the test's own DNS server (--resolver): A only, AAAA only, both,
+NXDOMAIN -> 05 04, case-insensitivity, an IPv6 resolver address, and a slow answer that must not
+block the loop for anybody else."""
+
+import os
+import socket
+import sys
+import threading
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness as h  # noqa: E402
+
+SLOW_DELAY = 3.0
+
+
+@unittest.skipIf(h.PEER, "needs --resolver")
+class DnsTest(h.ProxyTestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.echo4 = h.EchoServer(hosts=("127.0.0.1",))
+        cls.echo6 = h.EchoServer(hosts=("::1",))
+        cls.echo46 = h.EchoServer(hosts=("127.0.0.1", "::1"))
+        super().setUpClass()
+        d = cls.dns
+        d.add("v4.ringsocks.test", a=["127.0.0.1"])
+        d.add("v6.ringsocks.test", aaaa=["::1"])
+        d.add("both.ringsocks.test", a=["127.0.0.1"], aaaa=["::1"])
+        d.add("mixedcase.ringsocks.test", a=["127.0.0.1"])
+        d.add("bnd.ringsocks.test", aaaa=["::1"])
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            super().tearDownClass()
+        finally:
+            for e in (cls.echo4, cls.echo6, cls.echo46):
+                e.close()
+
+    def connect_name(self, proxy, name, port, payload=None):
+        s, r = h.socks_connect(proxy, name, port)
+        with s:
+            payload = payload or f"hello {name}".encode()
+            self.assertEqual(h.echo_roundtrip(s, payload), payload)
+        return r
+
+    def test_a_only(self):
+        r = self.connect_name(self.proxy, "v4.ringsocks.test", self.echo4.port)
+        self.assertEqual((r.atyp, r.host), (h.ATYP_IPV4, "127.0.0.1"), r)
+        self.assertGreaterEqual(self.dns.count("v4.ringsocks.test"), 1)
+
+    def test_aaaa_only(self):
+        # echo6 listens on ::1 only: success means the proxy used the AAAA record
+        r = self.connect_name(self.proxy, "v6.ringsocks.test", self.echo6.port)
+        self.assertEqual(r.atyp, h.ATYP_IPV6, r)
+        self.assertGreaterEqual(self.dns.count("v6.ringsocks.test", h.QTYPE_AAAA), 1)
+
+    def test_aaaa_only_bnd_matches_peer(self):
+        before = len(self.echo6.peers)
+        r = self.connect_name(self.proxy, "bnd.ringsocks.test", self.echo6.port)
+        self.assertEqual((r.atyp, r.host), (h.ATYP_IPV6, "::1"), r)
+        self.assertIn(("::1", r.port), self.echo6.peers[before:])
+
+    def test_both_records(self):
+        before = len(self.echo46.peers)
+        for i in range(3):
+            self.connect_name(self.proxy, "both.ringsocks.test", self.echo46.port,
+                              payload=f"both {i}".encode())
+        families = {p[0] for p in self.echo46.peers[before:]}
+        self.assertTrue(families <= {"127.0.0.1", "::1"}, families)
+        print(f"  both.ringsocks.test connected via {sorted(families)}", file=sys.stderr)
+
+    def test_case_insensitive(self):
+        self.connect_name(self.proxy, "MixedCase.RingSocks.TEST", self.echo4.port)
+
+    def test_unknown_name(self):
+        for name in ("missing.ringsocks.test", "nothing-here.invalid"):
+            with self.subTest(name=name), h.open_client(self.proxy) as s:
+                s.sendall(h.greeting())
+                self.assertEqual(h.recv_exact(s, 2).hex(), "0500")
+                s.sendall(h.request(name, self.echo4.port))
+                data, how = h.read_to_close(s, timeout=10 * h.SLOW)
+                self.assertEqual(data.hex(), h.error_reply(h.REP_HOST_UNREACH).hex())
+        self.assertGreaterEqual(self.dns.count("missing.ringsocks.test"), 1)
+
+    def test_name_with_refused_port(self):
+        port = h.unused_port()
+        with h.open_client(self.proxy) as s:
+            s.sendall(h.greeting() + h.request("v4.ringsocks.test", port))
+            self.assertEqual(h.recv_exact(s, 2).hex(), "0500")
+            data, how = h.read_to_close(s, timeout=10 * h.SLOW)
+            self.assertEqual(data.hex(), h.error_reply(h.REP_REFUSED).hex())
+
+    def test_resolver_on_ipv6(self):
+        with h.DnsServer(host="::1") as dns6:
+            dns6.add("six.ringsocks.test", a=["127.0.0.1"])
+            with h.Proxy(["--resolver", dns6.addr]) as p:
+                self.connect_name(p, "six.ringsocks.test", self.echo4.port)
+                self.assertGreaterEqual(dns6.count("six.ringsocks.test"), 1)
+
+    def test_slow_answer_does_not_block_the_loop(self):
+        """While the DNS server sits on the answers for some names for 3 s, other clients are
+        served at once: IP-literal CONNECTs and names that resolve quickly. One worker, so
+        nobody can be served by another thread while the first one is blocked."""
+        dns = self.dns
+        slow_names = [f"slow{i}.ringsocks.test" for i in range(4)]
+        for n in slow_names:
+            dns.add(n, a=["127.0.0.1"], delay=SLOW_DELAY)
+        with h.Proxy(["--resolver", dns.addr], workers=1) as p:
+            results, errors = {}, []
+
+            def slow_client(name):
+                t0 = time.monotonic()
+                try:
+                    self.connect_name(p, name, self.echo4.port)
+                    results[name] = time.monotonic() - t0
+                except BaseException as e:
+                    errors.append(f"{name}: {e!r}")
+
+            threads = [threading.Thread(target=slow_client, args=(n,)) for n in slow_names]
+            for t in threads:
+                t.start()
+            h.wait_for(lambda: all(dns.count(n) >= 1 for n in slow_names), 5 * h.SLOW,
+                       what="the slow queries to reach the DNS server")
+            t_wait = time.monotonic()
+
+            probes = []
+            for i in range(3):
+                t0 = time.monotonic()
+                self.connect_name(p, "127.0.0.1", self.echo4.port)
+                probes.append(("ip-literal", time.monotonic() - t0))
+                name = f"fast{i}.ringsocks.test"  # a fresh name: not in any cache
+                dns.add(name, a=["127.0.0.1"])
+                t0 = time.monotonic()
+                self.connect_name(p, name, self.echo4.port)
+                probes.append((name, time.monotonic() - t0))
+            probes_done = time.monotonic() - t_wait
+            for t in threads:
+                t.join(20 * h.SLOW)
+            self.assertEqual(errors, [])
+            print("  probes: " + ", ".join(f"{n} {d * 1000:.1f} ms" for n, d in probes)
+                  + "; slow: " + ", ".join(f"{d:.2f} s" for d in results.values()), file=sys.stderr)
+            for name, d in probes:
+                self.assertLess(d, 0.5, f"{name} took {d:.2f}s while other names were resolving")
+            self.assertLess(probes_done, SLOW_DELAY - 1.0,
+                            "probes were not done before the slow answers came back")
+            for name, d in results.items():
+                self.assertGreaterEqual(d, SLOW_DELAY - 0.5, f"{name}: the delay was not applied?")
+            self.assertEqual(sorted(results), sorted(slow_names))
+
+
+if __name__ == "__main__":
+    h.main()
