@@ -1,0 +1,104 @@
+"""Resource limits: --max-conns closes new clients at once while live ones keep working, and
+a storm of failed handshakes leaves no descriptor or slot behind."""
+
+import os
+import socket
+import sys
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness as h  # noqa: E402
+
+
+def fd_count(pid):
+    """Sockets held by the process (pipes are pooled and kept on purpose)."""
+    n = 0
+    for f in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            n += os.readlink(f"/proc/{pid}/fd/{f}").startswith("socket:")
+        except OSError:
+            pass
+    return n
+
+
+class MaxConnsTest(h.ProxyTestCase):
+    proxy_args = ("--max-conns", "5")
+
+    @classmethod
+    def setUpClass(cls):
+        cls.echo = h.EchoServer()
+        super().setUpClass()
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            super().tearDownClass()
+        finally:
+            cls.echo.close()
+
+    def test_sixth_client_is_closed_and_live_ones_are_unaffected(self):
+        live = [h.socks_connect(self.proxy, "127.0.0.1", self.echo.port)[0] for _ in range(5)]
+        try:
+            extra = socket.create_connection(self.proxy.addr, timeout=5 * h.SLOW)
+            with extra:
+                t0 = time.monotonic()
+                try:
+                    extra.sendall(h.greeting())
+                except OSError:
+                    pass  # already closed: fine
+                data, how = h.read_to_close(extra, timeout=3 * h.SLOW)
+                self.assertEqual(data, b"", "a refused client gets no bytes")
+                self.assertLess(time.monotonic() - t0, 2 * h.SLOW, "closed at once")
+            for i, s in enumerate(live):
+                payload = f"still alive {i}".encode() * 50
+                self.assertEqual(h.echo_roundtrip(s, payload), payload)
+        finally:
+            for s in live:
+                s.close()
+        # once they are gone the proxy takes new clients again
+        deadline = time.monotonic() + 5 * h.SLOW
+        while True:
+            try:
+                with h.socks_connect(self.proxy, "127.0.0.1", self.echo.port)[0] as s:
+                    self.assertEqual(h.echo_roundtrip(s, b"again"), b"again")
+                break
+            except (AssertionError, OSError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+
+class NoLeakTest(h.ProxyTestCase):
+    def test_failed_handshakes_leave_no_socket_behind(self):
+        pid = self.proxy.pid
+        # warm up: the resolver and pipe pool may open descriptors once
+        with h.EchoServer() as echo:
+            with h.socks_connect(self.proxy, "127.0.0.1", echo.port)[0] as s:
+                self.assertEqual(h.echo_roundtrip(s, b"x" * 100000), b"x" * 100000)
+            time.sleep(0.2)
+            base = fd_count(pid)
+            closed_port = h.unused_port()
+            for i in range(300):
+                s = socket.create_connection(self.proxy.addr, timeout=5 * h.SLOW)
+                kind = i % 5
+                if kind == 0:
+                    s.sendall(b"GET / HTTP/1.0\r\n\r\n")  # not SOCKS
+                elif kind == 1:
+                    s.sendall(h.greeting() + h.request("127.0.0.1", closed_port))
+                elif kind == 2:
+                    s.sendall(bytes([5, 1, 0, 5, 1, 0, 9]))  # unknown address type
+                elif kind == 3:
+                    s.sendall(bytes([5, 2, 0]))  # half a greeting, then vanish
+                else:
+                    s.sendall(h.greeting() + h.request("127.0.0.1", echo.port) + b"hi")
+                    h.recv_exact(s, 2 + 10)
+                s.close()
+            h.wait_for(lambda: fd_count(pid) <= base, 10 * h.SLOW,
+                       what=f"sockets back to {base}")
+            with h.socks_connect(self.proxy, "127.0.0.1", echo.port)[0] as s:
+                self.assertEqual(h.echo_roundtrip(s, b"after"), b"after")
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
