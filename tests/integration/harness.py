@@ -5,8 +5,12 @@ Everything here is Python 3.11 standard library. Reusable pieces:
   Proxy / start_proxy(args)    start the daemon on a free 127.0.0.1 port (-w 2 -v), wait until it
                                accepts, capture stderr; .stop() sends SIGTERM and asserts exit 0
                                and a clean sanitizer log.
-  ProxyTestCase                unittest base class: one proxy per test class, and at the end
-                               a plain CONNECT must still work before the proxy is stopped.
+  Tunnel(dest_host, dest_port, via)
+                               `ringsocks tunnel` on a free port, same lifecycle as Proxy;
+                               socks5_url(proxy, auth) builds --via / --upstream URLs.
+  ProxyTestCase                unittest base class: one proxy per test class (with its own
+                               DnsServer as --resolver), and at the end a plain CONNECT must
+                               still work before the proxy is stopped.
   EchoServer                   asyncio echo server in its own thread (scales to thousands of
                                connections); counts connections, records peers and (optionally)
                                the bytes received.
@@ -16,6 +20,7 @@ Everything here is Python 3.11 standard library. Reusable pieces:
                                per-name delays that never block other queries, query counters.
   greeting / auth_request / request / read_reply / socks_connect / read_to_close
                                raw SOCKS5 client pieces (RFC 1928 / 1929).
+  curl(args)                   curl without config file or proxy environment variables.
   main()                       unittest runner: prints the proxies' stderr when a test fails,
                                and a watchdog so that no file can hang.
 
@@ -320,6 +325,33 @@ def start_proxy(extra_args=(), **kw):
     return Proxy(extra_args, **kw)
 
 
+def socks5_url(proxy, auth=None):
+    """socks5://[user:pass@]host:port of a Proxy or (host, port), for --upstream / --via."""
+    host, port = proxy.addr if isinstance(proxy, Proxy) else proxy
+    cred = f"{auth[0]}:{auth[1]}@" if auth else ""
+    return f"socks5://{cred}{host_literal(host)}:{port}"
+
+
+class Tunnel(Proxy):
+    """`ringsocks tunnel`: a local port (.port) forwarding every connection through the SOCKS5
+    proxy `via` (URL or Proxy) to dest_host:dest_port. Same lifecycle as Proxy (stop() asserts
+    exit 0 and a clean stderr). Syntax as in `ringsocks --help`."""
+
+    def __init__(self, dest_host, dest_port, via, args=(), **kw):
+        self.dest = f"{host_literal(dest_host)}:{dest_port}"
+        self.via = via if isinstance(via, str) else socks5_url(via, via.auth)
+        super().__init__(args, **kw)
+
+    def argv(self, port):
+        if PEER:
+            raise unittest.SkipTest("tunnel mode is ringsocks-only")
+        argv = [BIN, "tunnel", "-L", f"{host_literal(self.host)}:{port}:{self.dest}",
+                "--via", self.via, "-w", str(self.workers)]
+        if self.verbose:
+            argv.append("-v")
+        return argv + self.args
+
+
 def _kill_all_proxies():
     for p in list(Proxy.alive):
         p.kill()
@@ -350,7 +382,9 @@ def encode_addr(host):
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
-        name = host.encode("idna") if isinstance(host, str) else host
+        name = host.encode("ascii") if isinstance(host, str) else host  # raw: no IDNA checks
+        if len(name) > 255:
+            raise ValueError("a SOCKS5 domain name has at most 255 bytes")
         return bytes([ATYP_DOMAIN, len(name)]) + name
     if ip.version == 4:
         return bytes([ATYP_IPV4]) + ip.packed

@@ -84,6 +84,29 @@ class DnsTest(h.ProxyTestCase):
                 self.assertEqual(data.hex(), h.error_reply(h.REP_HOST_UNREACH).hex())
         self.assertGreaterEqual(self.dns.count("missing.ringsocks.test"), 1)
 
+    def test_pipelined_payload_waits_for_resolution(self):
+        """greeting + request(name) + payload in one segment, the answer delayed 0.5 s: the
+        payload is kept while the name resolves and then delivered."""
+        self.dns.add("pipelined.ringsocks.test", a=["127.0.0.1"], delay=0.5)
+        payload = os.urandom(20_000)
+        with h.open_client(self.proxy) as s:
+            s.sendall(h.greeting() + h.request("pipelined.ringsocks.test", self.echo4.port) + payload)
+            self.assertEqual(h.recv_exact(s, 2).hex(), "0500")
+            r = h.read_reply(s)
+            self.assertEqual(r.rep, h.REP_OK, r)
+            self.assertEqual(h.sha256(h.recv_exact(s, len(payload))), h.sha256(payload))
+
+    def test_overlong_names(self):
+        # a 255-byte name (valid in SOCKS, too long for DNS) and a 64-byte label: a failure
+        # reply (general failure or host unreachable) and a close, never a crash
+        for name in ("a" * 255, "x" * 64 + ".ringsocks.test", "a." * 127 + "b"):
+            with self.subTest(name=name[:20] + "..."), h.open_client(self.proxy) as s:
+                s.sendall(h.greeting() + h.request(name, self.echo4.port))
+                self.assertEqual(h.recv_exact(s, 2).hex(), "0500")
+                data, how = h.read_to_close(s, timeout=10 * h.SLOW)
+                self.assertIn(data.hex(), (h.error_reply(h.REP_HOST_UNREACH).hex(),
+                                           h.error_reply(h.REP_FAIL).hex()))
+
     def test_name_with_refused_port(self):
         port = h.unused_port()
         with h.open_client(self.proxy) as s:

@@ -244,7 +244,7 @@ class ProtocolTest(h.ProxyTestCase):
         # a relay in full flow, then reset
         for _ in range(10):
             s, _r = h.socks_connect(self.proxy, "127.0.0.1", self.echo.port)
-            s.sendall(os.urandom(1 << 20))
+            s.sendall(os.urandom(256 * 1024))
             rst_close(s)
         time.sleep(0.3)
         self.assertTrue(self.proxy.running())
