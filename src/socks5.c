@@ -1,6 +1,6 @@
 /* socks5.c - the sans-I/O SOCKS5 codec: server and client handshake state machines fed with
- * bytes, plus message encoders, a parser and address helpers. No sockets, no allocation and no
- * global state here; the caller owns every byte and does all I/O. */
+ * bytes, plus message encoders, a parser, address helpers and the UDP datagram header. No
+ * sockets, no allocation and no global state here; the caller owns every byte and does all I/O. */
 #include "ringsocks/socks5.h"
 
 #include <arpa/inet.h>
@@ -759,4 +759,118 @@ char *socks5_addr_str(const struct socks5_addr *a, char *buf, size_t cap)
 		break;
 	}
 	return buf;
+}
+
+/* ---- UDP datagrams ---- */
+
+/* RSV RSV FRAG ATYP: from ATYP on, a UDP header is laid out like a request (VER CMD RSV ATYP). */
+#define UDP_HEAD 4
+
+int socks5_udp_encode_header(uint8_t *out, size_t cap, uint8_t frag, const struct socks5_addr *a)
+{
+	int n;
+
+	if (!a)
+		return -EINVAL; /* encode_message would take NULL for 0.0.0.0:0 */
+	/* Same checks and bytes as a request from ATYP on; only VER CMD RSV become RSV RSV FRAG. */
+	n = encode_message(out, cap, 0, a);
+	if (n < 0)
+		return n;
+	out[0] = 0; /* RSV */
+	out[1] = 0; /* RSV */
+	out[2] = frag;
+	return n;
+}
+
+int socks5_udp_decode(const uint8_t *in, size_t len, struct socks5_udp_header *h,
+                      size_t *header_len)
+{
+	size_t need;
+
+	if (len < UDP_HEAD)
+		return -EMSGSIZE;
+	if (in[0] != 0 || in[1] != 0)
+		return -EPROTO;
+	switch (in[3]) {
+	case SOCKS5_ATYP_IPV4:
+		need = UDP_HEAD + 4 + MSG_PORT;
+		break;
+	case SOCKS5_ATYP_IPV6:
+		need = UDP_HEAD + 16 + MSG_PORT;
+		break;
+	case SOCKS5_ATYP_DOMAIN:
+		if (len < UDP_HEAD + 1)
+			return -EMSGSIZE;
+		if (in[UDP_HEAD] == 0)
+			return -EINVAL;
+		need = UDP_HEAD + 1 + (size_t)in[UDP_HEAD] + MSG_PORT;
+		break;
+	default:
+		return -EAFNOSUPPORT;
+	}
+	if (len < need)
+		return -EMSGSIZE;
+	if (h) {
+		h->frag = in[2];
+		message_addr(in, &h->addr);
+	}
+	if (header_len)
+		*header_len = need;
+	return 0;
+}
+
+static int addr_is_zero(const struct socks5_addr *a)
+{
+	static const uint8_t zero[16];
+
+	return memcmp(&a->u, zero, a->len) == 0;
+}
+
+/* The proxy's address with the port replaced; scope id and flow label stay as they were. */
+static int proxy_with_port(const struct sockaddr *proxy, uint16_t port,
+                           struct sockaddr_storage *out, socklen_t *len)
+{
+	struct sockaddr_in sin;
+	struct sockaddr_in6 sin6;
+
+	if (!proxy)
+		return -EINVAL;
+	switch (proxy->sa_family) {
+	case AF_INET:
+		memcpy(&sin, proxy, sizeof(sin));
+		sin.sin_port = htons(port);
+		memset(out, 0, sizeof(*out));
+		memcpy(out, &sin, sizeof(sin));
+		if (len)
+			*len = sizeof(sin);
+		return 0;
+	case AF_INET6:
+		memcpy(&sin6, proxy, sizeof(sin6));
+		sin6.sin6_port = htons(port);
+		memset(out, 0, sizeof(*out));
+		memcpy(out, &sin6, sizeof(sin6));
+		if (len)
+			*len = sizeof(sin6);
+		return 0;
+	default:
+		return -EAFNOSUPPORT;
+	}
+}
+
+int socks5_client_udp_relay(const struct socks5_client *c, const struct sockaddr *proxy,
+                            struct sockaddr_storage *out, socklen_t *len)
+{
+	if (!c || !out || c->cmd != SOCKS5_CMD_UDP_ASSOCIATE || c->state != SOCKS5_CLI_DONE)
+		return -EINVAL;
+	switch (c->bnd.atyp) {
+	case SOCKS5_ATYP_IPV4:
+	case SOCKS5_ATYP_IPV6:
+		/* A relay bound to the wildcard address reports it as is: reach it where the
+		 * control connection reached the proxy. */
+		if (addr_is_zero(&c->bnd))
+			return proxy_with_port(proxy, c->bnd.port, out, len);
+		return socks5_addr_to_sockaddr(&c->bnd, out, len);
+	default: /* a name: resolving it is the caller's business */
+		return -EINVAL;
+	}
 }

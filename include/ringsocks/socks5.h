@@ -1,5 +1,6 @@
 /* ringsocks/socks5.h - sans-I/O SOCKS5 codec (RFC 1928, RFC 1929 username/password).
- * Server and client handshakes as byte-driven state machines, plus message encoders.
+ * Server and client handshakes as byte-driven state machines, plus message encoders and the
+ * UDP relay datagram header.
  * Nothing here touches a socket, allocates memory or keeps global state. */
 #ifndef RINGSOCKS_SOCKS5_H
 #define RINGSOCKS_SOCKS5_H
@@ -212,6 +213,44 @@ const char *socks5_reply_str(uint8_t rep);
 
 /* Format an address as "1.2.3.4:80", "[::1]:80" or "name:80" into buf. Returns buf. */
 char *socks5_addr_str(const struct socks5_addr *a, char *buf, size_t cap);
+
+/* ---- UDP relay datagrams (RFC 1928 section 7) ---- */
+
+/* Largest UDP request header: RSV[2] FRAG ATYP LEN NAME[255] PORT[2]. */
+#define SOCKS5_UDP_MAX_HEADER 262
+
+/* The header in front of every datagram exchanged with a UDP relay. */
+struct socks5_udp_header {
+	uint8_t frag;            /* fragment number; 0 = a whole datagram (high bit: last one) */
+	struct socks5_addr addr; /* DST.ADDR / DST.PORT (port in host byte order) */
+};
+
+/* Encode the header RSV RSV FRAG ATYP DST.ADDR DST.PORT for a datagram to or from a (DATA goes
+ * right after it). Returns its length (10 for IPv4, 22 for IPv6, 7 + len for a name) or -EINVAL
+ * (a NULL or malformed address: unknown atyp, wrong len, empty name) / -ENOSPC (out NULL or cap
+ * too small; nothing is written). frag is written as given. */
+int socks5_udp_encode_header(uint8_t *out, size_t cap, uint8_t frag, const struct socks5_addr *a);
+
+/* Decode the header of the whole datagram in[0..len). Returns 0 with *h filled (a name is
+ * NUL-terminated, the port is in host byte order) and *header_len the offset of DATA (len when
+ * DATA is empty, which is valid); h and header_len may be NULL and are written only on success.
+ * Errors, checked in this order: -EMSGSIZE shorter than the 4 fixed bytes, -EPROTO RSV not zero,
+ * -EAFNOSUPPORT unknown ATYP, -EMSGSIZE no name length byte, -EINVAL zero-length name,
+ * -EMSGSIZE address or port cut short. FRAG is not judged: a relay that does not reassemble
+ * drops datagrams with h->frag != 0 (RFC 1928 section 7). */
+int socks5_udp_decode(const uint8_t *in, size_t len, struct socks5_udp_header *h,
+                      size_t *header_len);
+
+/* After the success reply to a UDP ASSOCIATE: the address to send datagrams to, into *out (and
+ * its length into *len when len is not NULL). That is BND.ADDR:BND.PORT, except that an
+ * all-zeros BND.ADDR (0.0.0.0 or ::) means the proxy's own address, taken from proxy (the
+ * control connection's peer as getpeername gives it: a whole sockaddr_in or sockaddr_in6, whose
+ * family and scope id are kept) with BND.PORT. proxy is read only in that case and may
+ * otherwise be NULL. Returns 0, -EINVAL (no UDP ASSOCIATE success
+ * reply yet or ever, a domain BND the caller must resolve itself, a zero BND with no proxy) or
+ * -EAFNOSUPPORT (a zero BND and proxy neither IPv4 nor IPv6). *out is written only on success. */
+int socks5_client_udp_relay(const struct socks5_client *c, const struct sockaddr *proxy,
+                            struct sockaddr_storage *out, socklen_t *len);
 
 #ifdef __cplusplus
 }

@@ -503,6 +503,56 @@ Test(client_reply, bind_second_reply_failure_is_econnaborted)
 	cr_assert_eq(c.nreplies, 1);
 }
 
+Test(client_reply, bind_second_reply_in_its_own_feed_gives_a_second_event)
+{
+	static const uint8_t first[] = {5, 0, 0, 1, 192, 0, 2, 10, 0x1F, 0x90};
+	static const uint8_t second[] = {5, 0, 0, 3, 4, 'p', 'e', 'e', 'r', 0xD4, 0x31};
+	struct socks5_client c;
+
+	client_at_reply(&c, SOCKS5_CMD_BIND);
+	feed_expect(&c, first, sizeof(first), SOCKS5_REPLY, sizeof(first));
+	cr_assert_eq(c.state, SOCKS5_CLI_REPLY2);
+	cr_assert_eq(c.nreplies, 1);
+	cr_assert_eq(c.bnd.atyp, SOCKS5_ATYP_IPV4);
+	cr_assert_arr_eq(c.bnd.u.ipv4, ((uint8_t[]){192, 0, 2, 10}), 4);
+	cr_assert_eq(c.bnd.port, 8080);
+	feed_expect(&c, NULL, 0, SOCKS5_NEED_MORE, 0);
+	feed_expect(&c, second, sizeof(second), SOCKS5_REPLY, sizeof(second));
+	cr_assert_eq(c.state, SOCKS5_CLI_DONE);
+	cr_assert_eq(c.nreplies, 2);
+	cr_assert_eq(c.reply, SOCKS5_REP_SUCCEEDED);
+	cr_assert_eq(c.bnd.atyp, SOCKS5_ATYP_DOMAIN);
+	cr_assert_str_eq(c.bnd.u.name, "peer");
+	cr_assert_eq(c.bnd.port, 54321);
+}
+
+Test(client_reply, bind_both_replies_in_one_buffer_leave_trailing_data_unconsumed)
+{
+	static const uint8_t in[] = {
+	    5,   0,   0,   1,   10,  0,    0,   1, 0x10, 0x00, /* listening on 10.0.0.1:4096 */
+	    5,   0,   0,   1,   10,  0,    0,   9, 0xC3, 0x51, /* peer 10.0.0.9:50001 */
+	    'G', 'E', 'T', ' ', '/', '\r', '\n'};
+	struct socks5_client c;
+	size_t pos = 0, used = 0;
+
+	client_at_reply(&c, SOCKS5_CMD_BIND);
+	cr_assert_eq(socks5_client_feed(&c, in + pos, sizeof(in) - pos, &used), SOCKS5_REPLY);
+	cr_assert_eq(used, 10, "the first event takes the first reply only");
+	pos += used;
+	cr_assert_eq(c.state, SOCKS5_CLI_REPLY2);
+	cr_assert_eq(c.nreplies, 1);
+	cr_assert_arr_eq(c.bnd.u.ipv4, ((uint8_t[]){10, 0, 0, 1}), 4);
+	cr_assert_eq(c.bnd.port, 4096);
+	cr_assert_eq(socks5_client_feed(&c, in + pos, sizeof(in) - pos, &used), SOCKS5_REPLY);
+	cr_assert_eq(used, 10, "the second event takes the second reply only");
+	pos += used;
+	cr_assert_eq(c.state, SOCKS5_CLI_DONE);
+	cr_assert_eq(c.nreplies, 2);
+	cr_assert_arr_eq(c.bnd.u.ipv4, ((uint8_t[]){10, 0, 0, 9}), 4);
+	cr_assert_eq(c.bnd.port, 50001);
+	assert_bytes(in + pos, sizeof(in) - pos, BYTES('G', 'E', 'T', ' ', '/', '\r', '\n'));
+}
+
 Test(client_reply, zero_byte_feed_needs_more)
 {
 	struct socks5_client c;
