@@ -32,6 +32,11 @@ static const char usage[] =
     "      --upstream URL          forwarder mode: send every request unchanged through\n"
     "                              the SOCKS5 proxy socks5://[USER:PASS@]HOST:PORT;\n"
     "                              repeatable (round-robin with failover)\n"
+    "      --relay MODE            how bytes move after the handshake: splice (splice(2)\n"
+    "                              from the loop on readiness), splice-sqe (splice SQEs),\n"
+    "                              copy (multishot recv into a buffer ring, then send),\n"
+    "                              hybrid (copy, then splice once a read fills a buffer)\n"
+    "                              (default splice)\n"
     "  -v, --verbose               log one line per session\n"
     "  -h, --help                  show this help\n"
     "      --version               show the version\n"
@@ -56,6 +61,7 @@ enum {
 	OPT_VERSION,
 	OPT_UPSTREAM,
 	OPT_VIA,
+	OPT_RELAY,
 };
 
 static const struct option long_opts[] = {
@@ -72,6 +78,7 @@ static const struct option long_opts[] = {
     {"version", no_argument, NULL, OPT_VERSION},
     {"upstream", required_argument, NULL, OPT_UPSTREAM},
     {"via", required_argument, NULL, OPT_VIA},
+    {"relay", required_argument, NULL, OPT_RELAY},
     {NULL, 0, NULL, 0},
 };
 
@@ -393,7 +400,13 @@ int config_parse_tunnel(const char *spec, struct sockaddr_storage *ss, socklen_t
 	c1 = port_colon(spec, n); /* before DEST_PORT */
 	if (!c1 || parse_port(c1 + 1, n - (size_t)(c1 - spec) - 1, 0, &dport) < 0)
 		return -EINVAL;
-	c2 = port_colon(spec, (size_t)(c1 - spec)); /* before DEST_HOST */
+	if (c1 > spec && c1[-1] == ']') {
+		/* a bracketed IPv6 DEST_HOST: the colon before it precedes its '[' */
+		const char *lb = memrchr(spec, '[', (size_t)(c1 - spec));
+		c2 = lb && lb > spec && lb[-1] == ':' ? lb - 1 : NULL;
+	} else {
+		c2 = port_colon(spec, (size_t)(c1 - spec)); /* before DEST_HOST */
+	}
 	if (!c2 || parse_host(c2 + 1, (size_t)(c1 - c2 - 1), dport, dst) < 0)
 		return -EINVAL;
 	/* what is left: "PORT" or "BIND_ADDR:PORT" */
@@ -508,6 +521,19 @@ int config_parse(struct config *cfg, int argc, char **argv, char *err, size_t er
 			if (parse_long(optarg, 1, 100000000, &v) < 0)
 				FAIL("--max-conns: '%s' is not a positive number", optarg);
 			cfg->max_conns = v;
+			break;
+		case OPT_RELAY:
+			if (strcmp(optarg, "splice") == 0)
+				cfg->relay_mode = RELAY_SPLICE;
+			else if (strcmp(optarg, "splice-sqe") == 0)
+				cfg->relay_mode = RELAY_SPLICE_SQE;
+			else if (strcmp(optarg, "copy") == 0)
+				cfg->relay_mode = RELAY_COPY;
+			else if (strcmp(optarg, "hybrid") == 0)
+				cfg->relay_mode = RELAY_HYBRID;
+			else
+				FAIL("--relay: '%s' is not splice, splice-sqe, copy or hybrid",
+				     optarg);
 			break;
 		case 'v':
 			cfg->verbose = 1;

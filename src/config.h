@@ -31,6 +31,9 @@ struct config_upstream {
 
 enum config_mode { MODE_SERVER = 0, MODE_TUNNEL };
 
+/* How the relay moves bytes (see relay.c). */
+enum relay_mode { RELAY_SPLICE = 0, RELAY_SPLICE_SQE, RELAY_COPY, RELAY_HYBRID };
+
 struct config {
 	int mode; /* enum config_mode */
 	/* forwarder (server mode) or --via (tunnel mode) */
@@ -50,6 +53,7 @@ struct config {
 	double handshake_timeout;
 	double connect_timeout;
 	long max_conns; /* 0: limited only by descriptors */
+	int relay_mode; /* enum relay_mode */
 	int verbose;
 };
 

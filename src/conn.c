@@ -52,7 +52,8 @@ struct conn *conn_alloc(struct conn_table *t)
 	c->tprev = c->tnext = c->qnext = CONN_NIL;
 	c->result = 0xFF;
 	c->tx_base = c->txbuf;
-	c->dir[0].pipe = c->dir[1].pipe = -1;
+	for (int d = 0; d < 2; d++)
+		c->dir[d].pipe = c->dir[d].qhead = c->dir[d].qtail = -1;
 	t->live++;
 	return c;
 }

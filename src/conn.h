@@ -23,14 +23,19 @@ enum conn_op {
 	OP_SEND,      /* handshake send to the client */
 	OP_CONNECT,   /* connect to the destination */
 	OP_SEND_T,    /* early data to the destination */
-	OP_POLLIN_C,  /* relay: client readable (multishot) */
-	OP_POLLIN_T,  /* relay: target readable (multishot) */
-	OP_POLLOUT_C, /* relay: client writable (one-shot) */
-	OP_POLLOUT_T, /* relay: target writable (one-shot) */
+	OP_POLLIN_C,  /* relay: client readable (multishot poll; multishot recv when copying) */
+	OP_POLLIN_T,  /* relay: target readable (likewise) */
+	OP_POLLOUT_C, /* relay: client writable (one-shot poll; the send when copying) */
+	OP_POLLOUT_T, /* relay: target writable (likewise) */
 	OP_RECV_T,    /* upstream handshake: recv from the upstream proxy */
+	OP_SPLIN_C,   /* relay (splice-sqe): splice client -> pipe */
+	OP_SPLIN_T,   /* relay (splice-sqe): splice target -> pipe */
+	OP_SPLOUT_T,  /* relay (splice-sqe): splice pipe -> target */
+	OP_SPLOUT_C,  /* relay (splice-sqe): splice pipe -> client */
 	OP__COUNT
 };
 #define CONN_OP_BIT(op) (1u << (op))
+_Static_assert(OP__COUNT <= 32, "pending is a 32-bit mask");
 
 static inline uint64_t conn_ud(enum conn_op op, uint32_t gen, uint32_t idx)
 {
@@ -69,16 +74,23 @@ enum timer_kind { TIMER_NONE = 0, TIMER_HANDSHAKE, TIMER_CONNECT, TIMER_LINGER, 
 
 /* One relay direction: client->target (DIR_UP) or target->client (DIR_DOWN). */
 enum { DIR_UP = 0, DIR_DOWN = 1 };
-#define DIR_EOF      0x1 /* source reached EOF */
-#define DIR_SHUT     0x2 /* EOF propagated: shutdown(SHUT_WR) done on the destination */
-#define DIR_WAIT_OUT 0x4 /* data in the pipe, waiting for the destination to drain */
-#define DIR_QUEUED   0x8 /* on the worker's runnable list */
+#define DIR_EOF       0x1  /* source reached EOF */
+#define DIR_SHUT      0x2  /* EOF propagated: shutdown(SHUT_WR) done on the destination */
+#define DIR_SWITCHING 0x4  /* hybrid: leaving copy for splice; the recv has not ended yet */
+#define DIR_QUEUED    0x8  /* on the worker's runnable list */
+#define DIR_COPY      0x10 /* copying through buffers (not splicing) */
+#define DIR_PAUSED    0x20 /* copy: reading stopped while too much waits to be sent */
+#define DIR_STARVED   0x40 /* copy: reading stopped for want of buffers */
+#define DIR_READABLE  0x80 /* splice-sqe: readiness seen while a splice was in flight */
 
 struct relay_dir {
-	int32_t pipe;    /* index in the worker's pipe pool, -1 when none is lent */
-	uint32_t inpipe; /* bytes sitting in the pipe */
-	uint8_t flags;
-	uint64_t bytes; /* bytes delivered to the destination */
+	int32_t pipe;         /* index in the worker's pipe pool, -1 when none is lent */
+	uint32_t inpipe;      /* bytes sitting in the pipe */
+	uint8_t flags;        /* DIR_* */
+	int32_t qhead, qtail; /* copy: buffer ids waiting to be sent, -1 when none */
+	uint32_t qoff;        /* copy: bytes of the head buffer already sent */
+	uint32_t qbytes;      /* copy: bytes queued */
+	uint64_t bytes;       /* bytes delivered to the destination */
 };
 
 struct conn {
@@ -93,7 +105,7 @@ struct conn {
 	uint8_t listener; /* listen address index (tunnel destination) */
 	uint8_t up_i;     /* upstream being tried */
 	uint8_t up_tries; /* upstreams tried for this client */
-	uint16_t pending; /* CONN_OP_BIT of every operation in flight */
+	uint32_t pending; /* CONN_OP_BIT of every operation in flight */
 	int cfd, tfd;     /* client and target sockets, -1 when closed */
 	uint16_t rx_len;  /* bytes in rbuf */
 	uint16_t tx_len, tx_off;

@@ -1,8 +1,11 @@
-/* relay.c - the byte relay after the handshake. Each direction waits for its source to be
- * readable (a multishot poll on the ring), then calls splice(2) inline from the loop:
- * socket -> pipe -> socket, all non-blocking, so payload never enters user space and no
- * kernel thread is parked for an idle connection. A direction holds a pipe only while
- * bytes sit in it. */
+/* relay.c - the byte relay after the handshake, in four interchangeable ways (--relay):
+ *  splice      readiness (multishot poll) then splice(2) socket -> pipe -> socket called inline
+ *              from the loop, non-blocking: no payload copy, no io-wq hand-off (the default);
+ *  splice-sqe  readiness, then IORING_OP_SPLICE SQEs (io_uring runs them in io-wq threads);
+ *  copy        multishot recv into a provided-buffer ring of 256 KiB buffers, then send SQEs,
+ *              one send in flight per direction (so a parked send cannot be overtaken);
+ *  hybrid      copy, and switch a direction to splice once a read fills a whole buffer.
+ * An idle connection holds no pipe, no buffer and no kernel thread in every mode. */
 #include "relay.h"
 
 #include <errno.h>
@@ -10,6 +13,7 @@
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -97,40 +101,134 @@ void pipe_pool_put(struct pipe_pool *p, int idx, int empty)
 	p->live--;
 }
 
-static void arm_pollin(struct worker *w, struct conn *c, int fd, enum conn_op op)
+/* ---- the provided-buffer ring of the copy path ---- */
+
+int relay_init(struct worker *w, uint32_t slots)
+{
+	struct relay_bufs *b = &w->bufs;
+	struct io_uring_buf_reg reg;
+	size_t ring_bytes;
+	int ret;
+
+	memset(b, 0, sizeof(*b));
+	ret = pipe_pool_init(&w->pipes, RELAY_POOL_MAX);
+	if (ret < 0)
+		return ret;
+	if (w->cfg->relay_mode != RELAY_COPY && w->cfg->relay_mode != RELAY_HYBRID)
+		return 0;
+	b->count = RELAY_BUF_COUNT;
+	b->size = RELAY_BUF_SIZE;
+	b->mask = (uint32_t)io_uring_buf_ring_mask(b->count);
+	ring_bytes = sizeof(struct io_uring_buf) * b->count;
+	/* liburing 2.3 has no io_uring_setup_buf_ring: map and register the ring ourselves */
+	b->br = mmap(NULL, ring_bytes, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+	if (b->br == MAP_FAILED) {
+		b->br = NULL;
+		return -errno;
+	}
+	b->mem = mmap(NULL, (size_t)b->count * b->size, PROT_READ | PROT_WRITE,
+	              MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+	if (b->mem == MAP_FAILED) {
+		b->mem = NULL;
+		return -errno;
+	}
+	b->next = calloc(b->count, sizeof(*b->next));
+	b->len = calloc(b->count, sizeof(*b->len));
+	b->starved_cap = slots * 2;
+	b->starved = calloc(b->starved_cap, sizeof(*b->starved));
+	if (!b->next || !b->len || !b->starved)
+		return -ENOMEM;
+	io_uring_buf_ring_init(b->br);
+	memset(&reg, 0, sizeof(reg));
+	reg.ring_addr = (uint64_t)(uintptr_t)b->br;
+	reg.ring_entries = b->count;
+	reg.bgid = RELAY_BGID;
+	ret = io_uring_register_buf_ring(&w->ring, &reg, 0);
+	if (ret < 0) {
+		log_err("--relay %s needs provided-buffer rings (kernel 5.19+): %s",
+		        w->cfg->relay_mode == RELAY_COPY ? "copy" : "hybrid", strerror(-ret));
+		return ret;
+	}
+	for (uint32_t i = 0; i < b->count; i++)
+		io_uring_buf_ring_add(b->br, b->mem + (size_t)i * b->size, b->size, (uint16_t)i,
+		                      (int)b->mask, (int)i);
+	io_uring_buf_ring_advance(b->br, (int)b->count);
+	return 0;
+}
+
+void relay_destroy(struct worker *w)
+{
+	struct relay_bufs *b = &w->bufs;
+
+	pipe_pool_destroy(&w->pipes);
+	if (b->br)
+		munmap(b->br, sizeof(struct io_uring_buf) * b->count);
+	if (b->mem)
+		munmap(b->mem, (size_t)b->count * b->size);
+	free(b->next);
+	free(b->len);
+	free(b->starved);
+	memset(b, 0, sizeof(*b));
+}
+
+static void buf_return(struct worker *w, int32_t bid)
+{
+	struct relay_bufs *b = &w->bufs;
+	io_uring_buf_ring_add(b->br, b->mem + (size_t)bid * b->size, b->size, (uint16_t)bid,
+	                      (int)b->mask, 0);
+	io_uring_buf_ring_advance(b->br, 1);
+}
+
+/* ---- helpers shared by the modes ---- */
+
+static int src_fd(const struct conn *c, int d)
+{
+	return d == DIR_UP ? c->cfd : c->tfd;
+}
+static int dst_fd(const struct conn *c, int d)
+{
+	return d == DIR_UP ? c->tfd : c->cfd;
+}
+static enum conn_op in_op(int d)
+{
+	return d == DIR_UP ? OP_POLLIN_C : OP_POLLIN_T;
+}
+static enum conn_op out_op(int d)
+{
+	return d == DIR_UP ? OP_POLLOUT_T : OP_POLLOUT_C;
+}
+static enum conn_op splin_op(int d)
+{
+	return d == DIR_UP ? OP_SPLIN_C : OP_SPLIN_T;
+}
+static enum conn_op splout_op(int d)
+{
+	return d == DIR_UP ? OP_SPLOUT_T : OP_SPLOUT_C;
+}
+
+static void arm_pollin(struct worker *w, struct conn *c, int d)
 {
 	struct io_uring_sqe *sqe = worker_sqe(w);
-	io_uring_prep_poll_multishot(sqe, fd, POLLIN);
-	sqe->user_data = worker_op(w, c, op);
+	io_uring_prep_poll_multishot(sqe, src_fd(c, d), POLLIN);
+	sqe->user_data = worker_op(w, c, in_op(d));
 }
 
-static void arm_pollout(struct worker *w, struct conn *c, int fd, enum conn_op op)
+static void arm_pollout(struct worker *w, struct conn *c, int d)
 {
 	struct io_uring_sqe *sqe;
 
-	if (c->pending & CONN_OP_BIT(op))
+	if (c->pending & CONN_OP_BIT(out_op(d)))
 		return;
 	sqe = worker_sqe(w);
-	io_uring_prep_poll_add(sqe, fd, POLLOUT);
-	sqe->user_data = worker_op(w, c, op);
+	io_uring_prep_poll_add(sqe, dst_fd(c, d), POLLOUT);
+	sqe->user_data = worker_op(w, c, out_op(d));
 }
 
-static void stop_pollin(struct worker *w, struct conn *c, enum conn_op op)
+/* End the multishot read (poll or recv) of direction d, if it is still armed. */
+static void stop_reading(struct worker *w, struct conn *c, int d)
 {
-	struct io_uring_sqe *sqe;
-
-	if (!(c->pending & CONN_OP_BIT(op)))
-		return;
-	sqe = worker_sqe(w);
-	io_uring_prep_poll_remove(sqe, conn_ud(op, c->gen, conn_index(&w->conns, c)));
-	sqe->user_data = conn_ud(OP_IGNORE, 0, 0);
-}
-
-void relay_start(struct worker *w, struct conn *c)
-{
-	c->state = CONN_RELAY;
-	arm_pollin(w, c, c->cfd, OP_POLLIN_C);
-	arm_pollin(w, c, c->tfd, OP_POLLIN_T);
+	if (c->pending & CONN_OP_BIT(in_op(d)))
+		worker_cancel_ops(w, c, CONN_OP_BIT(in_op(d)));
 }
 
 static void queue_dir(struct worker *w, struct conn *c, int d)
@@ -153,10 +251,35 @@ static void release_pipe(struct worker *w, struct relay_dir *rd)
 	}
 }
 
+static int take_pipe(struct worker *w, struct conn *c, struct relay_dir *rd)
+{
+	int p;
+
+	if (rd->pipe >= 0)
+		return 0;
+	p = pipe_pool_get(&w->pipes);
+	if (p < 0) {
+		log_err("no pipe for relaying (%s): closing connection", strerror(-p));
+		worker_conn_close(w, c, "out of pipes");
+		return -1;
+	}
+	rd->pipe = p;
+	return 0;
+}
+
 void relay_release(struct worker *w, struct conn *c)
 {
-	release_pipe(w, &c->dir[DIR_UP]);
-	release_pipe(w, &c->dir[DIR_DOWN]);
+	for (int d = 0; d < 2; d++) {
+		struct relay_dir *rd = &c->dir[d];
+		release_pipe(w, rd);
+		while (rd->qhead >= 0) {
+			int32_t bid = rd->qhead;
+			rd->qhead = w->bufs.next[bid];
+			buf_return(w, bid);
+		}
+		rd->qtail = -1;
+		rd->qbytes = 0;
+	}
 }
 
 static int hard_error(int err)
@@ -164,14 +287,31 @@ static int hard_error(int err)
 	return err != EAGAIN && err != EINTR;
 }
 
-/* Move what direction d can move now. Returns 0, or -1 when the connection was closed. */
-static int pump(struct worker *w, struct conn *c, int d)
+/* Source reached EOF and everything read was delivered: propagate the half-close.
+ * Returns -1 when that finished the connection. */
+static int finish_dir(struct worker *w, struct conn *c, int d)
 {
 	struct relay_dir *rd = &c->dir[d];
-	int src = d == DIR_UP ? c->cfd : c->tfd;
-	int dst = d == DIR_UP ? c->tfd : c->cfd;
-	enum conn_op in_op = d == DIR_UP ? OP_POLLIN_C : OP_POLLIN_T;
-	enum conn_op out_op = d == DIR_UP ? OP_POLLOUT_T : OP_POLLOUT_C;
+
+	release_pipe(w, rd);
+	if (rd->flags & DIR_SHUT)
+		return 0;
+	shutdown(dst_fd(c, d), SHUT_WR); /* the other direction keeps flowing */
+	rd->flags |= DIR_SHUT;
+	if (c->dir[!d].flags & DIR_SHUT) {
+		worker_conn_close(w, c, NULL);
+		return -1;
+	}
+	return 0;
+}
+
+/* ---- splice: splice(2) inline on readiness ---- */
+
+/* Move what direction d can move now. Returns 0, or -1 when the connection was closed. */
+static int splice_pump(struct worker *w, struct conn *c, int d)
+{
+	struct relay_dir *rd = &c->dir[d];
+	int src = src_fd(c, d), dst = dst_fd(c, d);
 	ssize_t n;
 
 	if (rd->flags & DIR_SHUT)
@@ -192,28 +332,18 @@ static int pump(struct worker *w, struct conn *c, int d)
 			}
 			if (rd->inpipe) {
 				/* the destination is full: resume on POLLOUT */
-				rd->flags |= DIR_WAIT_OUT;
-				arm_pollout(w, c, dst, out_op);
+				arm_pollout(w, c, d);
 				return 0;
 			}
-			rd->flags &= (uint8_t)~DIR_WAIT_OUT;
 		}
 		if (rd->flags & DIR_EOF)
-			break;
+			return finish_dir(w, c, d);
 		if (round == RELAY_BUDGET) {
 			queue_dir(w, c, d);
-			break;
+			return 0;
 		}
-		if (rd->pipe < 0) {
-			int p = pipe_pool_get(&w->pipes);
-			if (p < 0) {
-				log_err("no pipe for relaying (%s): closing connection",
-				        strerror(-p));
-				worker_conn_close(w, c, "out of pipes");
-				return -1;
-			}
-			rd->pipe = p;
-		}
+		if (take_pipe(w, c, rd) < 0)
+			return -1;
 		n = splice(src, NULL, w->pipes.pipes[rd->pipe].w, NULL, w->pipes.size,
 		           SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
 		if (n > 0) {
@@ -222,8 +352,8 @@ static int pump(struct worker *w, struct conn *c, int d)
 		}
 		if (n == 0) {
 			rd->flags |= DIR_EOF;
-			stop_pollin(w, c, in_op);
-			break;
+			stop_reading(w, c, d);
+			return finish_dir(w, c, d);
 		}
 		if (hard_error(errno)) {
 			worker_conn_close(w, c,
@@ -234,47 +364,325 @@ static int pump(struct worker *w, struct conn *c, int d)
 		release_pipe(w, rd);
 		return 0;
 	}
-	release_pipe(w, rd);
-	if ((rd->flags & DIR_EOF) && !(rd->flags & DIR_SHUT)) {
-		/* half-close: the other direction keeps flowing */
-		shutdown(dst, SHUT_WR);
-		rd->flags |= DIR_SHUT;
-		if (c->dir[!d].flags & DIR_SHUT) {
-			worker_conn_close(w, c, NULL);
-			return -1;
-		}
-	}
-	return 0;
 }
 
-void relay_event(struct worker *w, struct conn *c, int op, int res)
-{
-	int d;
+/* ---- splice-sqe: IORING_OP_SPLICE on readiness ---- */
 
+static void sqe_splice_in(struct worker *w, struct conn *c, int d)
+{
+	struct relay_dir *rd = &c->dir[d];
+	struct io_uring_sqe *sqe;
+
+	if (take_pipe(w, c, rd) < 0)
+		return;
+	rd->flags &= (uint8_t)~DIR_READABLE;
+	sqe = worker_sqe(w);
+	io_uring_prep_splice(sqe, src_fd(c, d), -1, w->pipes.pipes[rd->pipe].w, -1, w->pipes.size,
+	                     SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+	sqe->user_data = worker_op(w, c, splin_op(d));
+}
+
+static void sqe_splice_out(struct worker *w, struct conn *c, int d)
+{
+	struct relay_dir *rd = &c->dir[d];
+	struct io_uring_sqe *sqe = worker_sqe(w);
+
+	io_uring_prep_splice(sqe, w->pipes.pipes[rd->pipe].r, -1, dst_fd(c, d), -1, rd->inpipe,
+	                     SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+	sqe->user_data = worker_op(w, c, splout_op(d));
+}
+
+static int sqe_busy(const struct conn *c, int d)
+{
+	return (c->pending &
+	        (CONN_OP_BIT(splin_op(d)) | CONN_OP_BIT(splout_op(d)) | CONN_OP_BIT(out_op(d)))) ||
+	       c->dir[d].inpipe;
+}
+
+static void sqe_readable(struct worker *w, struct conn *c, int d)
+{
+	if (c->dir[d].flags & (DIR_EOF | DIR_SHUT))
+		return;
+	if (sqe_busy(c, d)) {
+		c->dir[d].flags |= DIR_READABLE; /* retried when the pipe is empty again */
+		return;
+	}
+	sqe_splice_in(w, c, d);
+}
+
+static void sqe_in_done(struct worker *w, struct conn *c, int d, int res)
+{
+	struct relay_dir *rd = &c->dir[d];
+
+	if (res > 0) {
+		rd->inpipe = (uint32_t)res;
+		sqe_splice_out(w, c, d);
+		return;
+	}
+	if (res == 0) {
+		rd->flags |= DIR_EOF;
+		stop_reading(w, c, d);
+		finish_dir(w, c, d);
+		return;
+	}
+	if (res == -EAGAIN || res == -EINTR) {
+		if (rd->flags & DIR_READABLE)
+			sqe_splice_in(w, c, d); /* readiness came while this one ran */
+		else
+			release_pipe(w, rd);
+		return;
+	}
+	worker_conn_close(w, c, d == DIR_UP ? "client read error" : "target read error");
+}
+
+static void sqe_out_done(struct worker *w, struct conn *c, int d, int res)
+{
+	struct relay_dir *rd = &c->dir[d];
+
+	if (res > 0) {
+		rd->inpipe -= (uint32_t)res;
+		rd->bytes += (uint64_t)res;
+	} else if (res != -EAGAIN && res != -EINTR) {
+		worker_conn_close(w, c, d == DIR_UP ? "target write error" : "client write error");
+		return;
+	}
+	if (rd->inpipe) {
+		arm_pollout(w, c, d); /* the destination is full */
+		return;
+	}
+	/* drained: more is likely waiting (a full pipe), so read again at once */
+	sqe_splice_in(w, c, d);
+}
+
+/* ---- copy: multishot recv into the buffer ring, then send ---- */
+
+static void copy_arm_recv(struct worker *w, struct conn *c, int d)
+{
+	struct io_uring_sqe *sqe = worker_sqe(w);
+
+	c->dir[d].flags &= (uint8_t) ~(DIR_PAUSED | DIR_STARVED);
+	io_uring_prep_recv_multishot(sqe, src_fd(c, d), NULL, 0, 0);
+	sqe->flags |= IOSQE_BUFFER_SELECT;
+	sqe->buf_group = RELAY_BGID;
+	sqe->user_data = worker_op(w, c, in_op(d));
+}
+
+static void copy_send_head(struct worker *w, struct conn *c, int d)
+{
+	struct relay_dir *rd = &c->dir[d];
+	struct relay_bufs *b = &w->bufs;
+	struct io_uring_sqe *sqe = worker_sqe(w);
+
+	io_uring_prep_send(sqe, dst_fd(c, d), b->mem + (size_t)rd->qhead * b->size + rd->qoff,
+	                   b->len[rd->qhead] - rd->qoff, MSG_NOSIGNAL);
+	sqe->user_data = worker_op(w, c, out_op(d));
+}
+
+static void starve(struct worker *w, struct conn *c, int d)
+{
+	struct relay_bufs *b = &w->bufs;
+
+	c->dir[d].flags |= DIR_STARVED;
+	if (b->starved_len == b->starved_cap)
+		return; /* cannot happen: two entries per slot */
+	b->starved[(b->starved_head + b->starved_len++) % b->starved_cap] =
+	    conn_ud((enum conn_op)d, c->gen, conn_index(&w->conns, c));
+}
+
+/* A buffer came back: let one starved direction read again. */
+static void feed_starved(struct worker *w)
+{
+	struct relay_bufs *b = &w->bufs;
+
+	while (b->starved_len) {
+		uint64_t ud = b->starved[b->starved_head];
+		struct conn *c;
+		int d = (int)conn_ud_op(ud);
+
+		b->starved_head = (b->starved_head + 1) % b->starved_cap;
+		b->starved_len--;
+		c = conn_lookup(&w->conns, ud);
+		if (c && c->state == CONN_RELAY &&
+		    (c->dir[d].flags & (DIR_STARVED | DIR_COPY)) == (DIR_STARVED | DIR_COPY) &&
+		    !(c->pending & CONN_OP_BIT(in_op(d)))) {
+			copy_arm_recv(w, c, d);
+			return;
+		}
+	}
+}
+
+static void hybrid_to_splice(struct worker *w, struct conn *c, int d);
+
+/* Hybrid: the copy phase of d is over (recv ended, queue sent): readiness and splice now. */
+static void start_splicing(struct worker *w, struct conn *c, int d)
+{
+	c->dir[d].flags &= (uint8_t)~DIR_SWITCHING;
+	arm_pollin(w, c, d);
+}
+
+static void copy_recv_done(struct worker *w, struct conn *c, int d, int res, unsigned flags)
+{
+	struct relay_dir *rd = &c->dir[d];
+	struct relay_bufs *b = &w->bufs;
+	int more = flags & IORING_CQE_F_MORE;
+
+	if (res > 0) {
+		int32_t bid = (int32_t)(flags >> IORING_CQE_BUFFER_SHIFT);
+		b->len[bid] = (uint32_t)res;
+		b->next[bid] = -1;
+		if (rd->qtail >= 0)
+			b->next[rd->qtail] = bid;
+		else
+			rd->qhead = bid;
+		rd->qtail = bid;
+		rd->qbytes += (uint32_t)res;
+		if (!(c->pending & CONN_OP_BIT(out_op(d))))
+			copy_send_head(w, c, d);
+		if (w->cfg->relay_mode == RELAY_HYBRID && (uint32_t)res == b->size &&
+		    (rd->flags & DIR_COPY)) {
+			/* a full buffer: this is bulk, splice the rest */
+			hybrid_to_splice(w, c, d);
+			return;
+		}
+		if (rd->qbytes >= RELAY_PAUSE_BYTES && !(rd->flags & DIR_PAUSED)) {
+			/* flow control: the destination is slower; stop reading for now */
+			rd->flags |= DIR_PAUSED;
+			if (more)
+				stop_reading(w, c, d);
+			return;
+		}
+		if (!more && !(rd->flags & DIR_PAUSED) && (rd->flags & DIR_COPY))
+			copy_arm_recv(w, c, d);
+		return;
+	}
+	if (res == 0) {
+		rd->flags |= DIR_EOF;
+		if (rd->qhead < 0)
+			finish_dir(w, c, d);
+		return;
+	}
+	if (res != -ENOBUFS && res != -ECANCELED) {
+		worker_conn_close(w, c, d == DIR_UP ? "client read error" : "target read error");
+		return;
+	}
+	if (!more && (rd->flags & DIR_SWITCHING)) {
+		/* hybrid: the recv has ended; splice once the queued buffers are out */
+		if (rd->qhead < 0)
+			start_splicing(w, c, d);
+		return;
+	}
+	if (res == -ENOBUFS)
+		starve(w, c, d);
+	/* -ECANCELED: paused by flow control; copy_send_done reads again */
+}
+
+static void copy_send_done(struct worker *w, struct conn *c, int d, int res)
+{
+	struct relay_dir *rd = &c->dir[d];
+	struct relay_bufs *b = &w->bufs;
+
+	if (res < 0) {
+		worker_conn_close(w, c, d == DIR_UP ? "target write error" : "client write error");
+		return;
+	}
+	rd->qoff += (uint32_t)res;
+	rd->qbytes -= (uint32_t)res;
+	rd->bytes += (uint64_t)res;
+	if (rd->qoff == b->len[rd->qhead]) {
+		int32_t bid = rd->qhead;
+		rd->qhead = b->next[bid];
+		if (rd->qhead < 0)
+			rd->qtail = -1;
+		rd->qoff = 0;
+		buf_return(w, bid);
+		feed_starved(w);
+	}
+	if (rd->qhead >= 0) {
+		copy_send_head(w, c, d); /* one send in flight per direction keeps the order */
+		return;
+	}
+	/* the queue is empty */
+	if (rd->flags & DIR_EOF) {
+		finish_dir(w, c, d);
+		return;
+	}
+	if (rd->flags & DIR_SWITCHING) {
+		/* hybrid: start splicing once the recv has ended too */
+		if (!(c->pending & CONN_OP_BIT(in_op(d))))
+			start_splicing(w, c, d);
+		return;
+	}
+	if ((rd->flags & DIR_PAUSED) && !(c->pending & CONN_OP_BIT(in_op(d))))
+		copy_arm_recv(w, c, d);
+}
+
+/* Hybrid: stop the multishot recv of d; once it has ended and the queued buffers are sent,
+ * the direction is driven by readiness and splice like --relay splice. */
+static void hybrid_to_splice(struct worker *w, struct conn *c, int d)
+{
+	c->dir[d].flags = (uint8_t)((c->dir[d].flags & ~DIR_COPY) | DIR_SWITCHING);
+	stop_reading(w, c, d);
+}
+
+/* ---- entry points ---- */
+
+void relay_start(struct worker *w, struct conn *c)
+{
+	c->state = CONN_RELAY;
+	for (int d = 0; d < 2; d++) {
+		if (w->cfg->relay_mode == RELAY_COPY || w->cfg->relay_mode == RELAY_HYBRID) {
+			c->dir[d].flags |= DIR_COPY;
+			copy_arm_recv(w, c, d);
+		} else {
+			arm_pollin(w, c, d);
+		}
+	}
+}
+
+void relay_event(struct worker *w, struct conn *c, int op, unsigned flags, int res)
+{
+	int d = (op == OP_POLLIN_C || op == OP_POLLOUT_T || op == OP_SPLIN_C || op == OP_SPLOUT_T)
+	            ? DIR_UP
+	            : DIR_DOWN;
+	struct relay_dir *rd = &c->dir[d];
+	int is_in = op == OP_POLLIN_C || op == OP_POLLIN_T;
+	int is_out = op == OP_POLLOUT_C || op == OP_POLLOUT_T;
+
+	if (rd->flags & (DIR_COPY | DIR_SWITCHING) || (is_out && rd->qhead >= 0)) {
+		/* copying, or a hybrid direction still finishing its copy phase */
+		if (is_in)
+			copy_recv_done(w, c, d, res, flags);
+		else if (is_out)
+			copy_send_done(w, c, d, res);
+		return;
+	}
+	if (op == OP_SPLIN_C || op == OP_SPLIN_T) {
+		sqe_in_done(w, c, d, res);
+		return;
+	}
+	if (op == OP_SPLOUT_C || op == OP_SPLOUT_T) {
+		sqe_out_done(w, c, d, res);
+		return;
+	}
 	if (res < 0) {
 		if (res == -ECANCELED)
 			return;
 		worker_conn_close(w, c, "poll error");
 		return;
 	}
-	switch (op) {
-	case OP_POLLIN_C:
-	case OP_POLLOUT_T:
-		d = DIR_UP;
-		break;
-	case OP_POLLIN_T:
-	case OP_POLLOUT_C:
-		d = DIR_DOWN;
-		break;
-	default:
+	if (w->cfg->relay_mode == RELAY_SPLICE_SQE) {
+		if (is_in)
+			sqe_readable(w, c, d);
+		else if (rd->inpipe)
+			sqe_splice_out(w, c, d);
 		return;
 	}
-	pump(w, c, d);
+	splice_pump(w, c, d);
 }
 
 void relay_resume(struct worker *w, struct conn *c, int d)
 {
 	c->dir[d].flags &= (uint8_t)~DIR_QUEUED;
 	if (c->state == CONN_RELAY)
-		pump(w, c, d);
+		splice_pump(w, c, d);
 }

@@ -3,6 +3,7 @@
 #ifndef RINGSOCKS_RELAY_H
 #define RINGSOCKS_RELAY_H
 
+#include <liburing.h>
 #include <stdint.h>
 
 #define RELAY_PIPE_SIZE (1u << 20) /* 1 MiB pipes halve splice's CPU per GB vs 64 KiB */
@@ -28,16 +29,36 @@ int pipe_pool_get(struct pipe_pool *p);
 /* Give a pipe back; a pipe still holding bytes is closed instead of reused. */
 void pipe_pool_put(struct pipe_pool *p, int idx, int empty);
 
+/* The copy path's provided-buffer ring (one per worker, only in copy/hybrid mode). */
+#define RELAY_BGID        7
+#define RELAY_BUF_SIZE    (256u << 10) /* 256 KiB: per-GB CPU close to splice with 1 MiB pipes */
+#define RELAY_BUF_COUNT   32
+#define RELAY_PAUSE_BYTES (512u << 10) /* stop reading a direction with this much unsent */
+
+struct relay_bufs {
+	struct io_uring_buf_ring *br;
+	uint8_t *mem;
+	uint32_t count, size, mask;
+	int32_t *next;     /* queue links, one per buffer id */
+	uint32_t *len;     /* bytes received into each buffer */
+	uint64_t *starved; /* directions waiting for a buffer (user_data form), a ring */
+	uint32_t starved_head, starved_len, starved_cap;
+};
+
 struct worker;
 struct conn;
+
+/* Set up the worker's relay resources for its mode. Returns 0 or -errno. */
+int relay_init(struct worker *w, uint32_t slots);
+void relay_destroy(struct worker *w);
 
 /* Both sides are connected and the handshake bytes are sent: start relaying. */
 void relay_start(struct worker *w, struct conn *c);
 /* A relay CQE of c (POLLIN/POLLOUT on either side). */
-void relay_event(struct worker *w, struct conn *c, int op, int res);
+void relay_event(struct worker *w, struct conn *c, int op, unsigned flags, int res);
 /* Resume a direction that had used up its budget. */
 void relay_resume(struct worker *w, struct conn *c, int dir);
-/* Give back the pipes of a connection being closed. */
+/* Give back the pipes and buffers of a connection with nothing in flight any more. */
 void relay_release(struct worker *w, struct conn *c);
 
 #endif

@@ -54,7 +54,7 @@ struct io_uring_sqe *worker_sqe(struct worker *w)
 
 uint64_t worker_op(struct worker *w, struct conn *c, enum conn_op op)
 {
-	c->pending |= (uint16_t)CONN_OP_BIT(op);
+	c->pending |= CONN_OP_BIT(op);
 	return conn_ud(op, c->gen, conn_index(&w->conns, c));
 }
 
@@ -147,8 +147,11 @@ static void on_accept(struct worker *w, uint32_t li, int res, unsigned flags)
 
 static void conn_free_if_idle(struct worker *w, struct conn *c)
 {
-	if (c->state == CONN_CLOSING && c->pending == 0)
+	if (c->state == CONN_CLOSING && c->pending == 0) {
+		/* only now: a cancelled send may still have been reading a buffer */
+		relay_release(w, c);
 		conn_release(&w->conns, c);
+	}
 }
 
 static void log_session(struct worker *w, struct conn *c, const char *why)
@@ -183,7 +186,6 @@ void worker_conn_close(struct worker *w, struct conn *c, const char *why)
 		w->stats.sessions_failed++;
 	if (log_verbose)
 		log_session(w, c, why);
-	relay_release(w, c);
 	if (c->cfd >= 0)
 		close(c->cfd);
 	if (c->tfd >= 0)
@@ -369,7 +371,7 @@ void worker_reply_and_relay(struct worker *w, struct conn *c, const uint8_t *buf
 	maybe_start_relay(w, c);
 }
 
-void worker_cancel_ops(struct worker *w, struct conn *c, uint16_t mask)
+void worker_cancel_ops(struct worker *w, struct conn *c, uint32_t mask)
 {
 	uint32_t idx = conn_index(&w->conns, c);
 
@@ -688,7 +690,7 @@ static void handle_cqe(struct worker *w, struct io_uring_cqe *cqe)
 	if (!c)
 		return; /* stale: the slot has a new tenant */
 	if (!(cqe->flags & IORING_CQE_F_MORE))
-		c->pending &= (uint16_t)~CONN_OP_BIT(op);
+		c->pending &= ~CONN_OP_BIT(op);
 	if (c->state == CONN_CLOSING) {
 		conn_free_if_idle(w, c);
 		return;
@@ -722,8 +724,12 @@ static void handle_cqe(struct worker *w, struct io_uring_cqe *cqe)
 	case OP_POLLIN_T:
 	case OP_POLLOUT_C:
 	case OP_POLLOUT_T:
+	case OP_SPLIN_C:
+	case OP_SPLIN_T:
+	case OP_SPLOUT_C:
+	case OP_SPLOUT_T:
 		if (c->state == CONN_RELAY)
-			relay_event(w, c, op, cqe->res);
+			relay_event(w, c, op, cqe->flags, cqe->res);
 		break;
 	default:
 		break;
@@ -813,7 +819,7 @@ static int worker_setup(struct worker *w)
 	if (w->cfg->max_conns && (uint64_t)w->cfg->max_conns < slots)
 		slots = (uint32_t)w->cfg->max_conns;
 	if ((ret = conn_table_init(&w->conns, slots)) < 0 ||
-	    (ret = pipe_pool_init(&w->pipes, RELAY_POOL_MAX)) < 0)
+	    (ret = relay_init(w, slots)) < 0)
 		return ret;
 	w->conns.timers[TIMER_HANDSHAKE].timeout_ms =
 	    (uint64_t)(w->cfg->handshake_timeout * 1000 + 0.5);
@@ -838,7 +844,7 @@ static void worker_teardown(struct worker *w)
 {
 	dns_destroy(w->dns);
 	w->dns = NULL;
-	pipe_pool_destroy(&w->pipes);
+	relay_destroy(w);
 	conn_table_free(&w->conns);
 	free(w->runq);
 	w->runq = NULL;

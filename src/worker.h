@@ -40,6 +40,7 @@ struct worker {
 	atomic_int stop;
 	struct conn_table conns;
 	struct pipe_pool pipes;
+	struct relay_bufs bufs;
 	struct dns *dns;
 	/* relay directions that used up their budget and have more to move */
 	uint64_t *runq;
@@ -84,7 +85,7 @@ uint64_t worker_now_ms(void);
 /* Connect to c->addrs[c->addr_i..naddrs) in turn. */
 void worker_connect_next(struct worker *w, struct conn *c);
 /* Cancel the operations of c in mask (CONN_OP_BIT); their CQEs still arrive. */
-void worker_cancel_ops(struct worker *w, struct conn *c, uint16_t mask);
+void worker_cancel_ops(struct worker *w, struct conn *c, uint32_t mask);
 /* Send buf (len may be 0) to the client and early data to the target, then relay. */
 void worker_reply_and_relay(struct worker *w, struct conn *c, const uint8_t *buf, size_t len);
 /* The destination cannot be reached: reply rep (a tunnel client is reset) and close. */

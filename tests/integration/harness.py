@@ -57,6 +57,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 BIN = os.environ.get("RINGSOCKS_BIN") or str(REPO / "build" / "ringsocks")
 PEER = os.environ.get("RINGSOCKS_PEER", "")  # "" = ringsocks, or "microsocks" / "dante"
+# extra flags for every ringsocks started (ctest runs the relay tests once per --relay mode)
+EXTRA_ARGS = os.environ.get("RINGSOCKS_ARGS", "").split()
 
 
 def _is_sanitized(path):
@@ -206,7 +208,7 @@ class Proxy:
         argv = [BIN, "-l", f"{host_literal(self.host)}:{port}", "-w", str(self.workers)]
         if self.verbose:
             argv.append("-v")
-        return argv + self.args
+        return argv + EXTRA_ARGS + self.args
 
     def start(self, listen_timeout=5.0 * SLOW):
         last = None

@@ -139,3 +139,66 @@ Test(config, cpus_fewer_than_workers_is_an_error)
 	cr_assert_eq(cfg.workers, 1, "workers default to the pinned CPUs");
 	config_free(&cfg);
 }
+
+Test(config, parses_tunnel_specs_and_upstream_urls)
+{
+	struct sockaddr_storage ss;
+	socklen_t len;
+	struct socks5_addr dst;
+	struct config_upstream u;
+
+	cr_assert_eq(config_parse_tunnel("8080:example.com:80", &ss, &len, &dst), 0);
+	cr_assert_eq(ntohs(((struct sockaddr_in *)&ss)->sin_port), 8080);
+	cr_assert_eq(((struct sockaddr_in *)&ss)->sin_addr.s_addr, htonl(INADDR_LOOPBACK));
+	cr_assert_eq(dst.atyp, SOCKS5_ATYP_DOMAIN);
+	cr_assert_str_eq(dst.u.name, "example.com");
+	cr_assert_eq(dst.port, 80);
+	cr_assert_eq(config_parse_tunnel("127.0.0.1:28573:[2001:db8::5]:443", &ss, &len, &dst), 0);
+	cr_assert_eq(dst.atyp, SOCKS5_ATYP_IPV6);
+	cr_assert_eq(dst.u.ipv6[0], 0x20);
+	cr_assert_eq(dst.u.ipv6[15], 5);
+	cr_assert_eq(dst.port, 443);
+	cr_assert_eq(config_parse_tunnel("[::1]:9000:10.0.0.1:22", &ss, &len, &dst), 0);
+	cr_assert_eq(ss.ss_family, AF_INET6);
+	cr_assert_eq(dst.atyp, SOCKS5_ATYP_IPV4);
+	cr_assert_eq(config_parse_tunnel("[::1]:9000:[::2]:22", &ss, &len, &dst), 0);
+	cr_assert_eq(dst.atyp, SOCKS5_ATYP_IPV6);
+	cr_assert_lt(config_parse_tunnel("9000:[::2:22", &ss, &len, &dst), 0);
+	cr_assert_lt(config_parse_tunnel("example.com:80", &ss, &len, &dst), 0);
+	cr_assert_lt(config_parse_tunnel("0:example.com:80", &ss, &len, &dst), 0);
+	cr_assert_lt(config_parse_tunnel("80:bad host:80", &ss, &len, &dst), 0);
+
+	cr_assert_eq(config_parse_upstream("socks5://127.0.0.1:1080", &u), 0);
+	cr_assert_eq(u.has_auth, 0);
+	cr_assert_eq(u.addr.atyp, SOCKS5_ATYP_IPV4);
+	cr_assert_str_eq(u.text, "127.0.0.1:1080");
+	cr_assert_eq(config_parse_upstream("socks5h://al%40ice:p%3Aw@[::1]:1081/", &u), 0);
+	cr_assert_str_eq(u.user, "al@ice");
+	cr_assert_str_eq(u.pass, "p:w");
+	cr_assert_eq(u.addr.atyp, SOCKS5_ATYP_IPV6);
+	cr_assert_eq(u.addr.port, 1081);
+	cr_assert_str_eq(u.text, "[::1]:1081", "credentials are not in the log text");
+	cr_assert_eq(config_parse_upstream("socks5://proxy.example:1080", &u), 0);
+	cr_assert_eq(u.addr.atyp, SOCKS5_ATYP_DOMAIN);
+	cr_assert_lt(config_parse_upstream("http://127.0.0.1:1080", &u), 0);
+	cr_assert_lt(config_parse_upstream("socks5://127.0.0.1", &u), 0);
+	cr_assert_lt(config_parse_upstream("socks5://u@127.0.0.1:1", &u), 0,
+	             "no password separator");
+	cr_assert_lt(config_parse_upstream("socks5://u:%zz@127.0.0.1:1", &u), 0);
+	cr_assert_lt(config_parse_upstream("socks5://u:p%4@127.0.0.1:1", &u), 0);
+}
+
+Test(config, relay_modes)
+{
+	struct config cfg;
+	char err[256];
+	cr_assert_eq(parse(&cfg, err, 3, ARGS("--relay", "copy")), 0);
+	cr_assert_eq(cfg.relay_mode, RELAY_COPY);
+	config_free(&cfg);
+	cr_assert_eq(parse(&cfg, err, 3, ARGS("--relay", "splice-sqe")), 0);
+	cr_assert_eq(cfg.relay_mode, RELAY_SPLICE_SQE);
+	config_free(&cfg);
+	cr_assert_eq(parse(&cfg, err, 3, ARGS("--relay", "fast")), -EINVAL);
+	cr_assert_not_null(strstr(err, "--relay"), "%s", err);
+	config_free(&cfg);
+}
