@@ -296,12 +296,13 @@ static int finish_dir(struct worker *w, struct conn *c, int d)
 	release_pipe(w, rd);
 	if (rd->flags & DIR_SHUT)
 		return 0;
-	shutdown(dst_fd(c, d), SHUT_WR); /* the other direction keeps flowing */
 	rd->flags |= DIR_SHUT;
 	if (c->dir[!d].flags & DIR_SHUT) {
+		/* both directions are done: close() sends the FIN a shutdown would */
 		worker_conn_close(w, c, NULL);
 		return -1;
 	}
+	shutdown(dst_fd(c, d), SHUT_WR); /* the other direction keeps flowing */
 	return 0;
 }
 

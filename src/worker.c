@@ -126,8 +126,7 @@ static void on_accept(struct worker *w, uint32_t li, int res, unsigned flags)
 	}
 	atomic_fetch_add(&worker_live, 1);
 	c->cfd = res;
-	c->start_ms = w->now_ms;
-	set_nodelay(res);
+	c->start_ms = w->now_ms; /* TCP_NODELAY is inherited from the listener */
 	if (log_verbose) {
 		socklen_t len = sizeof(c->peer);
 		getpeername(res, (struct sockaddr *)&c->peer, &len);
