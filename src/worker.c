@@ -221,6 +221,32 @@ static void hs_send(struct worker *w, struct conn *c)
 	sqe->user_data = worker_op(w, c, OP_SEND);
 }
 
+static void after_tx(struct worker *w, struct conn *c);
+
+/* Send what tx holds. Handshake messages are small and the socket's buffer is empty, so a
+ * plain non-blocking send(2) takes them whole and the next step starts in the same loop turn;
+ * only if the kernel cannot take it all does a SEND SQE finish the job. Then after_tx. */
+static void tx_flush(struct worker *w, struct conn *c)
+{
+	if (c->pending & CONN_OP_BIT(OP_SEND))
+		return; /* its completion continues */
+	while (c->tx_off < c->tx_len) {
+		ssize_t n = send(c->cfd, c->tx_base + c->tx_off, (size_t)(c->tx_len - c->tx_off),
+		                 MSG_DONTWAIT | MSG_NOSIGNAL);
+		if (n > 0) {
+			c->tx_off = (uint16_t)(c->tx_off + n);
+		} else if (n < 0 && errno == EAGAIN) {
+			hs_send(w, c);
+			return;
+		} else if (!(n < 0 && errno == EINTR)) {
+			worker_conn_close(w, c, "client error during handshake");
+			return;
+		}
+	}
+	c->tx_off = c->tx_len = 0;
+	after_tx(w, c);
+}
+
 static void tx_append(struct conn *c, const uint8_t *p, size_t n)
 {
 	c->tx_base = c->txbuf;
@@ -246,8 +272,7 @@ static void conn_fail(struct worker *w, struct conn *c, uint8_t rep)
 	c->closing_after_send = 1;
 	if (n > 0)
 		tx_append(c, buf, (size_t)n);
-	if (!(c->pending & CONN_OP_BIT(OP_SEND)))
-		hs_send(w, c);
+	tx_flush(w, c);
 }
 
 /* After an error reply: shut our side, read until the client closes (so the reply is not
@@ -359,15 +384,24 @@ void worker_reply_and_relay(struct worker *w, struct conn *c, const uint8_t *buf
 	c->tx_base = buf;
 	c->tx_len = (uint16_t)len;
 	c->tx_off = 0;
-	if (len)
-		hs_send(w, c);
-	if (c->early_len) {
-		/* data the client pipelined after its request goes out first */
-		struct io_uring_sqe *sqe = worker_sqe(w);
-		io_uring_prep_send(sqe, c->tfd, c->rbuf, c->early_len, MSG_NOSIGNAL);
-		sqe->user_data = worker_op(w, c, OP_SEND_T);
+	while (c->early_len) {
+		/* data the client pipelined after its request goes to the destination first */
+		ssize_t n = send(c->tfd, c->rbuf, c->early_len, MSG_DONTWAIT | MSG_NOSIGNAL);
+		if (n > 0) {
+			c->dir[DIR_UP].bytes += (uint64_t)n;
+			c->early_len = (uint16_t)(c->early_len - n);
+			memmove(c->rbuf, c->rbuf + n, c->early_len);
+		} else if (n < 0 && errno == EAGAIN) {
+			struct io_uring_sqe *sqe = worker_sqe(w);
+			io_uring_prep_send(sqe, c->tfd, c->rbuf, c->early_len, MSG_NOSIGNAL);
+			sqe->user_data = worker_op(w, c, OP_SEND_T);
+			break;
+		} else if (!(n < 0 && errno == EINTR)) {
+			worker_conn_close(w, c, "target error");
+			return;
+		}
 	}
-	maybe_start_relay(w, c);
+	tx_flush(w, c); /* then after_tx starts the relay */
 }
 
 void worker_cancel_ops(struct worker *w, struct conn *c, uint32_t mask)
@@ -431,7 +465,7 @@ void worker_conn_pass_failure(struct worker *w, struct conn *c, uint8_t rep, con
 	tx_append(c, reply, len);
 	c->state = CONN_REPLYING;
 	c->closing_after_send = 1;
-	hs_send(w, c);
+	tx_flush(w, c);
 }
 
 static void start_request(struct worker *w, struct conn *c)
@@ -540,18 +574,7 @@ static void hs_feed(struct worker *w, struct conn *c, size_t n)
 		}
 	}
 flush:
-	if (c->tx_len > c->tx_off) {
-		hs_send(w, c); /* what comes next is decided when it is out */
-		return;
-	}
-	if (c->closing_after_send) {
-		conn_linger(w, c); /* nothing to say: e.g. not SOCKS5 at all */
-		return;
-	}
-	if (c->hs.state == SOCKS5_SRV_DONE)
-		start_request(w, c);
-	else
-		hs_recv(w, c);
+	tx_flush(w, c); /* what comes next is decided when it is out */
 }
 
 static void on_recv(struct worker *w, struct conn *c, int res)
@@ -593,8 +616,14 @@ static void on_send(struct worker *w, struct conn *c, int res)
 		return;
 	}
 	c->tx_off = c->tx_len = 0;
+	after_tx(w, c);
+}
+
+/* Everything queued for the client is out: the next step of the handshake. */
+static void after_tx(struct worker *w, struct conn *c)
+{
 	if (c->closing_after_send) {
-		conn_linger(w, c);
+		conn_linger(w, c); /* a refusal, or nothing to say (not SOCKS5 at all) */
 		return;
 	}
 	switch (c->state) {
@@ -618,6 +647,7 @@ static void on_send_target(struct worker *w, struct conn *c, int res)
 		worker_conn_close(w, c, "target error");
 		return;
 	}
+	c->dir[DIR_UP].bytes += (uint64_t)res;
 	if (res < c->early_len) {
 		struct io_uring_sqe *sqe;
 		c->early_len = (uint16_t)(c->early_len - res);
@@ -627,7 +657,6 @@ static void on_send_target(struct worker *w, struct conn *c, int res)
 		sqe->user_data = worker_op(w, c, OP_SEND_T);
 		return;
 	}
-	c->dir[DIR_UP].bytes += (uint64_t)res;
 	c->early_len = 0;
 	maybe_start_relay(w, c);
 }
@@ -817,8 +846,7 @@ static int worker_setup(struct worker *w)
 	slots = rl.rlim_cur > 64 ? (uint32_t)((rl.rlim_cur - 32) / 2) : 16;
 	if (w->cfg->max_conns && (uint64_t)w->cfg->max_conns < slots)
 		slots = (uint32_t)w->cfg->max_conns;
-	if ((ret = conn_table_init(&w->conns, slots)) < 0 ||
-	    (ret = relay_init(w, slots)) < 0)
+	if ((ret = conn_table_init(&w->conns, slots)) < 0 || (ret = relay_init(w, slots)) < 0)
 		return ret;
 	w->conns.timers[TIMER_HANDSHAKE].timeout_ms =
 	    (uint64_t)(w->cfg->handshake_timeout * 1000 + 0.5);
