@@ -20,7 +20,7 @@
 
 #define LISTEN_BACKLOG 4096
 
-static int open_listener(const struct sockaddr_storage *ss, socklen_t len)
+static int open_listener(const struct sockaddr_storage *ss, socklen_t len, int cpu)
 {
 	int one = 1;
 	int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -35,6 +35,10 @@ static int open_listener(const struct sockaddr_storage *ss, socklen_t len)
 		goto fail;
 	if (ss->ss_family == AF_INET6 &&
 	    setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) < 0)
+		goto fail;
+	/* a pinned worker's listener prefers connections whose packets its CPU handles
+	 * (SO_REUSEPORT picks by SO_INCOMING_CPU since 6.1): the connection stays on one core */
+	if (cpu >= 0 && setsockopt(fd, SOL_SOCKET, SO_INCOMING_CPU, &cpu, sizeof(cpu)) < 0)
 		goto fail;
 	if (bind(fd, (const struct sockaddr *)ss, len) < 0 || listen(fd, LISTEN_BACKLOG) < 0)
 		goto fail;
@@ -125,7 +129,7 @@ int main(int argc, char **argv)
 			goto out;
 		}
 		for (int l = 0; l < cfg.nlisten; l++) {
-			int fd = open_listener(&cfg.listen[l], cfg.listen_len[l]);
+			int fd = open_listener(&cfg.listen[l], cfg.listen_len[l], w->cpu);
 			if (fd < 0) {
 				log_err("cannot listen on %s: %s",
 				        addr_text(&cfg.listen[l], text, sizeof(text)),
