@@ -242,15 +242,39 @@ static void queue_dir(struct worker *w, struct conn *c, int d)
 	    conn_ud((enum conn_op)d, c->gen, conn_index(&w->conns, c));
 }
 
+/* A direction waits here when the pool has no pipe to lend (it is capped; every pipe costs
+ * two descriptors): it resumes when one comes back, instead of losing its connection. */
+static void wake_pipe_waiter(struct worker *w)
+{
+	while (w->pipe_wait_len) {
+		uint64_t ud = w->pipe_wait[w->pipe_wait_head];
+		int d = (int)conn_ud_op(ud);
+		struct conn *c;
+
+		w->pipe_wait_head = (w->pipe_wait_head + 1) % w->runq_cap;
+		w->pipe_wait_len--;
+		c = conn_lookup(&w->conns, ud);
+		if (c && c->state == CONN_RELAY && (c->dir[d].flags & DIR_PIPE_WAIT)) {
+			c->dir[d].flags &= (uint16_t)~DIR_PIPE_WAIT;
+			queue_dir(w, c, d);
+			return;
+		}
+	}
+}
+
 static void release_pipe(struct worker *w, struct relay_dir *rd)
 {
 	if (rd->pipe >= 0) {
 		pipe_pool_put(&w->pipes, rd->pipe, rd->inpipe == 0);
 		rd->pipe = -1;
 		rd->inpipe = 0;
+		if (w->pipe_wait_len)
+			wake_pipe_waiter(w);
 	}
 }
 
+/* Lend direction d a pipe. Returns 0, 1 when it has to wait for one, -1 when the connection
+ * was closed (no pipe can be had at all). */
 static int take_pipe(struct worker *w, struct conn *c, struct relay_dir *rd)
 {
 	int p;
@@ -258,13 +282,28 @@ static int take_pipe(struct worker *w, struct conn *c, struct relay_dir *rd)
 	if (rd->pipe >= 0)
 		return 0;
 	p = pipe_pool_get(&w->pipes);
-	if (p < 0) {
-		log_err("no pipe for relaying (%s): closing connection", strerror(-p));
-		worker_conn_close(w, c, "out of pipes");
-		return -1;
+	if (p >= 0) {
+		rd->pipe = p;
+		return 0;
 	}
-	rd->pipe = p;
-	return 0;
+	if (w->pipes.live > 0 && w->pipe_wait_len < w->runq_cap) {
+		int d = rd == &c->dir[DIR_UP] ? DIR_UP : DIR_DOWN;
+		if (!(rd->flags & DIR_PIPE_WAIT)) {
+			rd->flags |= DIR_PIPE_WAIT;
+			w->pipe_wait[(w->pipe_wait_head + w->pipe_wait_len++) % w->runq_cap] =
+			    conn_ud((enum conn_op)d, c->gen, conn_index(&w->conns, c));
+		}
+		if (!w->pipes.warned_full) {
+			log_warn(
+			    "all %u pipes of the pool are in use (%s); directions wait for one",
+			    w->pipes.cap, strerror(-p));
+			w->pipes.warned_full = 1;
+		}
+		return 1;
+	}
+	log_err("no pipe for relaying (%s): closing connection", strerror(-p));
+	worker_conn_close(w, c, "out of pipes");
+	return -1;
 }
 
 void relay_release(struct worker *w, struct conn *c)
@@ -343,8 +382,9 @@ static int splice_pump(struct worker *w, struct conn *c, int d)
 			queue_dir(w, c, d);
 			return 0;
 		}
-		if (take_pipe(w, c, rd) < 0)
-			return -1;
+		int tp = take_pipe(w, c, rd);
+		if (tp)
+			return tp < 0 ? -1 : 0;
 		n = splice(src, NULL, w->pipes.pipes[rd->pipe].w, NULL, w->pipes.size,
 		           SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
 		if (n > 0) {
@@ -374,9 +414,9 @@ static void sqe_splice_in(struct worker *w, struct conn *c, int d)
 	struct relay_dir *rd = &c->dir[d];
 	struct io_uring_sqe *sqe;
 
-	if (take_pipe(w, c, rd) < 0)
+	if (take_pipe(w, c, rd) != 0)
 		return;
-	rd->flags &= (uint8_t)~DIR_READABLE;
+	rd->flags &= (uint16_t)~DIR_READABLE;
 	sqe = worker_sqe(w);
 	io_uring_prep_splice(sqe, src_fd(c, d), -1, w->pipes.pipes[rd->pipe].w, -1, w->pipes.size,
 	                     SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
@@ -461,7 +501,7 @@ static void copy_arm_recv(struct worker *w, struct conn *c, int d)
 {
 	struct io_uring_sqe *sqe = worker_sqe(w);
 
-	c->dir[d].flags &= (uint8_t) ~(DIR_PAUSED | DIR_STARVED);
+	c->dir[d].flags &= (uint16_t) ~(DIR_PAUSED | DIR_STARVED);
 	io_uring_prep_recv_multishot(sqe, src_fd(c, d), NULL, 0, 0);
 	sqe->flags |= IOSQE_BUFFER_SELECT;
 	sqe->buf_group = RELAY_BGID;
@@ -517,7 +557,7 @@ static void hybrid_to_splice(struct worker *w, struct conn *c, int d);
 /* Hybrid: the copy phase of d is over (recv ended, queue sent): readiness and splice now. */
 static void start_splicing(struct worker *w, struct conn *c, int d)
 {
-	c->dir[d].flags &= (uint8_t)~DIR_SWITCHING;
+	c->dir[d].flags &= (uint16_t)~DIR_SWITCHING;
 	arm_pollin(w, c, d);
 }
 
@@ -621,7 +661,7 @@ static void copy_send_done(struct worker *w, struct conn *c, int d, int res)
  * the direction is driven by readiness and splice like --relay splice. */
 static void hybrid_to_splice(struct worker *w, struct conn *c, int d)
 {
-	c->dir[d].flags = (uint8_t)((c->dir[d].flags & ~DIR_COPY) | DIR_SWITCHING);
+	c->dir[d].flags = (uint16_t)((c->dir[d].flags & ~DIR_COPY) | DIR_SWITCHING);
 	stop_reading(w, c, d);
 }
 
@@ -683,7 +723,11 @@ void relay_event(struct worker *w, struct conn *c, int op, unsigned flags, int r
 
 void relay_resume(struct worker *w, struct conn *c, int d)
 {
-	c->dir[d].flags &= (uint8_t)~DIR_QUEUED;
-	if (c->state == CONN_RELAY)
+	c->dir[d].flags &= (uint16_t)~DIR_QUEUED;
+	if (c->state != CONN_RELAY)
+		return;
+	if (w->cfg->relay_mode == RELAY_SPLICE_SQE)
+		sqe_readable(w, c, d);
+	else
 		splice_pump(w, c, d);
 }

@@ -7,8 +7,10 @@
 #include <stdint.h>
 
 #define RELAY_PIPE_SIZE (1u << 20) /* 1 MiB pipes halve splice's CPU per GB vs 64 KiB */
-#define RELAY_POOL_MAX  512        /* pipes kept per worker */
-#define RELAY_BUDGET    4          /* pipe-fulls moved per event before yielding */
+#ifndef RELAY_POOL_MAX
+#define RELAY_POOL_MAX 512 /* pipes kept per worker (each costs two descriptors) */
+#endif
+#define RELAY_BUDGET 4 /* pipe-fulls moved per event before yielding */
 
 struct relay_pipe {
 	int r, w;
@@ -20,6 +22,7 @@ struct pipe_pool {
 	uint32_t nfree, cap, live;
 	uint32_t size; /* capacity we managed to set */
 	int warned;
+	int warned_full;
 };
 
 int pipe_pool_init(struct pipe_pool *p, uint32_t cap);
