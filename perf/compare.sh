@@ -71,10 +71,14 @@ TUNNEL_WORKERS=${TUNNEL_WORKERS:-1}
 DANTE_MOTHERS=${DANTE_MOTHERS:-1} # danted -N (its children are forked on demand)
 IDLE_WAIT=${IDLE_WAIT:-2}        # seconds between "all established" and the measurement
 
-ALL_PROXIES=(ringsocks dante microsocks)
+# ringsocks-MODE runs ringsocks with --relay MODE (splice, splice-sqe, copy, hybrid), so the
+# relay strategies can be compared side by side: --only ringsocks-splice,ringsocks-copy,...
+# ringsocks-w1 is one worker pinned to CPU 0, ringsocks-w2pin two workers pinned to CPUs 0,1.
+ALL_PROXIES=(ringsocks dante microsocks ringsocks-splice ringsocks-splice-sqe ringsocks-copy ringsocks-hybrid
+  ringsocks-w1 ringsocks-w2pin)
 IFS=, read -r -a PROXIES <<<"$ONLY"
 for p in "${PROXIES[@]}"; do
-  case " ${ALL_PROXIES[*]} " in *" $p "*) ;; *) echo "compare.sh: unknown candidate '$p' (ringsocks, dante, microsocks)" >&2; exit 2 ;; esac
+  case " ${ALL_PROXIES[*]} " in *" $p "*) ;; *) echo "compare.sh: unknown candidate '$p' (${ALL_PROXIES[*]})" >&2; exit 2 ;; esac
 done
 IFS=, read -r -a WL <<<"$WORKLOADS"
 CANDS=(direct "${PROXIES[@]}")
@@ -565,7 +569,7 @@ wait_port "$SINK_PORT" "$SINK_PID" idlesink || exit 1
 
 declare -A PPORT PPID_ TPORT TPID DEAD RESTARTS
 start_ringsocks() {
-  (clean_exec "$RINGSOCKS" -l 127.0.0.1:"$1" -w "$RS_WORKERS" >>"$OUT/logs/ringsocks.log" 2>&1) &
+  (clean_exec "$RINGSOCKS" -l 127.0.0.1:"$1" -w "$RS_WORKERS" "${@:2}" >>"$OUT/logs/ringsocks.log" 2>&1) &
   STARTED_PID=$!
 }
 start_dante() {
@@ -596,7 +600,12 @@ start_microsocks() {
 # same for every proxy) on the candidate's ports.
 up() {
   local p=$1
-  start_"$p" "${PPORT[$p]}"
+  case "$p" in
+    ringsocks-w1) start_ringsocks "${PPORT[$p]}" -w 1 --cpus 0 ;;
+    ringsocks-w2pin) start_ringsocks "${PPORT[$p]}" -w 2 --cpus 0,1 ;;
+    ringsocks-*) start_ringsocks "${PPORT[$p]}" --relay "${p#ringsocks-}" ;;
+    *) start_"$p" "${PPORT[$p]}" ;;
+  esac
   PPID_[$p]=$STARTED_PID; STARTED+=("$STARTED_PID")
   wait_port "${PPORT[$p]}" "${PPID_[$p]}" "$p" || return 1
   "$RINGSOCKS" tunnel -L "${TPORT[$p]}:127.0.0.1:$NGINX_PORT" --via "socks5://127.0.0.1:${PPORT[$p]}" \
