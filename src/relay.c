@@ -579,9 +579,9 @@ static void copy_recv_done(struct worker *w, struct conn *c, int d, int res, uns
 		rd->qbytes += (uint32_t)res;
 		if (!(c->pending & CONN_OP_BIT(out_op(d))))
 			copy_send_head(w, c, d);
-		if (w->cfg->relay_mode == RELAY_HYBRID && (uint32_t)res == b->size &&
+		if (w->cfg->relay_mode == RELAY_HYBRID && (uint32_t)res >= RELAY_HYBRID_SWITCH &&
 		    (rd->flags & DIR_COPY)) {
-			/* a full buffer: this is bulk, splice the rest */
+			/* a large read: this is bulk, splice the rest */
 			hybrid_to_splice(w, c, d);
 			return;
 		}
