@@ -29,6 +29,12 @@ static const char usage[] =
     "                              the client gets reply 6 (default 10)\n"
     "      --max-conns N           at most N live client connections per process; more\n"
     "                              are closed at once (default: limited by descriptors)\n"
+    "      --bind-timeout S        BIND: wait S seconds for the peer to connect, then\n"
+    "                              reply 6 (default 60)\n"
+    "      --bind-ports LOW-HIGH   BIND: listen on a port from this range (default: an\n"
+    "                              ephemeral port)\n"
+    "      --udp-idle-timeout S    UDP ASSOCIATE: end an association after S seconds\n"
+    "                              without datagrams (default 120)\n"
     "      --upstream URL          forwarder mode: send every request unchanged through\n"
     "                              the SOCKS5 proxy socks5://[USER:PASS@]HOST:PORT;\n"
     "                              repeatable (round-robin with failover)\n"
@@ -41,15 +47,20 @@ static const char usage[] =
     "  -h, --help                  show this help\n"
     "      --version               show the version\n"
     "\n"
-    "usage: ringsocks tunnel -L [BIND_ADDR:]PORT:DEST_HOST:DEST_PORT... --via URL [options]\n"
-    "Forward every TCP connection to a local port through a SOCKS5 proxy to one destination.\n"
+    "usage: ringsocks tunnel -L|-U [BIND_ADDR:]PORT:DEST_HOST:DEST_PORT... --via URL [options]\n"
+    "Forward every TCP connection (-L) or UDP datagram (-U) to a local port through a SOCKS5\n"
+    "proxy to one destination.\n"
     "\n"
     "  -L SPEC                     local port and fixed destination, repeatable; BIND_ADDR\n"
     "                              defaults to 127.0.0.1; IPv6 in brackets; a DEST_HOST name\n"
     "                              is sent to the proxy to resolve\n"
+    "  -U SPEC                     local UDP port and fixed destination, repeatable: each\n"
+    "                              sender gets its own UDP ASSOCIATE through the proxy and\n"
+    "                              the answers back; same SPEC syntax as -L\n"
     "      --via URL               the proxy, socks5://[USER:PASS@]HOST:PORT; repeatable\n"
     "                              (failover)\n"
-    "  -w, --cpus, --resolver, --connect-timeout, --max-conns, -v as above\n";
+    "  -w, --cpus, --resolver, --connect-timeout, --max-conns, --udp-idle-timeout, -v as\n"
+    "                              above\n";
 
 enum {
 	OPT_CPUS = 256,
@@ -62,6 +73,9 @@ enum {
 	OPT_UPSTREAM,
 	OPT_VIA,
 	OPT_RELAY,
+	OPT_BIND_TIMEOUT,
+	OPT_BIND_PORTS,
+	OPT_UDP_IDLE,
 };
 
 static const struct option long_opts[] = {
@@ -78,6 +92,9 @@ static const struct option long_opts[] = {
     {"version", no_argument, NULL, OPT_VERSION},
     {"upstream", required_argument, NULL, OPT_UPSTREAM},
     {"via", required_argument, NULL, OPT_VIA},
+    {"bind-timeout", required_argument, NULL, OPT_BIND_TIMEOUT},
+    {"bind-ports", required_argument, NULL, OPT_BIND_PORTS},
+    {"udp-idle-timeout", required_argument, NULL, OPT_UDP_IDLE},
     {"relay", required_argument, NULL, OPT_RELAY},
     {NULL, 0, NULL, 0},
 };
@@ -154,6 +171,24 @@ static int parse_seconds(const char *s, double *out)
 	if (errno || end == s || *end || !isfinite(v) || v <= 0 || v > 86400 * 365)
 		return -EINVAL;
 	*out = v;
+	return 0;
+}
+
+/* "LOW-HIGH" (1..65535, LOW <= HIGH) -> the --bind-ports range. */
+static int parse_port_range(const char *s, struct config *cfg)
+{
+	const char *dash = strchr(s, '-');
+	char lo[8];
+	long a, b;
+
+	if (!dash || (size_t)(dash - s) >= sizeof(lo))
+		return -EINVAL;
+	memcpy(lo, s, (size_t)(dash - s));
+	lo[dash - s] = '\0';
+	if (parse_long(lo, 1, 65535, &a) < 0 || parse_long(dash + 1, 1, 65535, &b) < 0 || b < a)
+		return -EINVAL;
+	cfg->bind_port_lo = (uint16_t)a;
+	cfg->bind_port_hi = (uint16_t)b;
 	return 0;
 }
 
@@ -431,6 +466,8 @@ int config_parse(struct config *cfg, int argc, char **argv, char *err, size_t er
 	memset(cfg, 0, sizeof(*cfg));
 	cfg->handshake_timeout = 10;
 	cfg->connect_timeout = 10;
+	cfg->bind_timeout = 60;
+	cfg->udp_idle_timeout = 120;
 	opterr = 0;
 	optind = 1;
 	if (argc > 1 && strcmp(argv[1], "tunnel") == 0) {
@@ -445,7 +482,7 @@ int config_parse(struct config *cfg, int argc, char **argv, char *err, size_t er
 		return -EINVAL;                                                                    \
 	} while (0)
 
-	while ((opt = getopt_long(argc, argv, ":l:L:w:vh", long_opts, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, ":l:L:U:w:vh", long_opts, NULL)) != -1) {
 		switch (opt) {
 		case 'L':
 			if (cfg->mode != MODE_TUNNEL)
@@ -458,6 +495,18 @@ int config_parse(struct config *cfg, int argc, char **argv, char *err, size_t er
 				FAIL("-L: '%s' is not [BIND_ADDR:]PORT:DEST_HOST:DEST_PORT",
 				     optarg);
 			cfg->nlisten++;
+			break;
+		case 'U':
+			if (cfg->mode != MODE_TUNNEL)
+				FAIL("-U belongs to 'ringsocks tunnel' (see --help)");
+			if (cfg->nudp == CONFIG_MAX_LISTEN)
+				FAIL("too many -U tunnels (at most %d)", CONFIG_MAX_LISTEN);
+			if (config_parse_tunnel(optarg, &cfg->udp_listen[cfg->nudp],
+			                        &cfg->udp_listen_len[cfg->nudp],
+			                        &cfg->udp_dst[cfg->nudp]) < 0)
+				FAIL("-U: '%s' is not [BIND_ADDR:]PORT:DEST_HOST:DEST_PORT",
+				     optarg);
+			cfg->nudp++;
 			break;
 		case OPT_UPSTREAM:
 		case OPT_VIA:
@@ -517,6 +566,22 @@ int config_parse(struct config *cfg, int argc, char **argv, char *err, size_t er
 				FAIL("--connect-timeout: '%s' is not a positive number of seconds",
 				     optarg);
 			break;
+		case OPT_BIND_TIMEOUT:
+			if (parse_seconds(optarg, &cfg->bind_timeout) < 0)
+				FAIL("--bind-timeout: '%s' is not a positive number of seconds",
+				     optarg);
+			break;
+		case OPT_UDP_IDLE:
+			if (parse_seconds(optarg, &cfg->udp_idle_timeout) < 0)
+				FAIL("--udp-idle-timeout: '%s' is not a positive number of seconds",
+				     optarg);
+			break;
+		case OPT_BIND_PORTS:
+			if (cfg->mode == MODE_TUNNEL)
+				FAIL("--bind-ports is for server mode");
+			if (parse_port_range(optarg, cfg) < 0)
+				FAIL("--bind-ports: '%s' is not LOW-HIGH (ports 1-65535)", optarg);
+			break;
 		case OPT_MAX_CONNS:
 			if (parse_long(optarg, 1, 100000000, &v) < 0)
 				FAIL("--max-conns: '%s' is not a positive number", optarg);
@@ -552,11 +617,11 @@ int config_parse(struct config *cfg, int argc, char **argv, char *err, size_t er
 	}
 	if (optind < argc)
 		FAIL("unexpected argument '%s' (see --help)", argv[optind]);
-	if (cfg->mode == MODE_TUNNEL && cfg->nlisten == 0)
-		FAIL("tunnel needs at least one -L [BIND_ADDR:]PORT:DEST_HOST:DEST_PORT");
+	if (cfg->mode == MODE_TUNNEL && cfg->nlisten == 0 && cfg->nudp == 0)
+		FAIL("tunnel needs at least one -L or -U [BIND_ADDR:]PORT:DEST_HOST:DEST_PORT");
 	if (cfg->mode == MODE_TUNNEL && cfg->nupstreams == 0)
 		FAIL("tunnel needs --via socks5://[USER:PASS@]HOST:PORT");
-	if (cfg->nlisten == 0)
+	if (cfg->nlisten == 0 && cfg->mode != MODE_TUNNEL)
 		config_parse_hostport(DEFAULT_LISTEN, &cfg->listen[0], &cfg->listen_len[0]),
 		    cfg->nlisten = 1;
 	if (cfg->workers == 0)

@@ -53,6 +53,16 @@ struct config {
 	double handshake_timeout;
 	double connect_timeout;
 	long max_conns; /* 0: limited only by descriptors */
+
+	/* BIND and UDP ASSOCIATE */
+	double bind_timeout;     /* how long BIND waits for the peer */
+	double udp_idle_timeout; /* an association ends after this long without datagrams */
+	uint16_t bind_port_lo, bind_port_hi; /* --bind-ports LOW-HIGH; 0-0: ephemeral */
+	/* tunnel -U: local UDP ports and the fixed destination of each */
+	struct sockaddr_storage udp_listen[CONFIG_MAX_LISTEN];
+	socklen_t udp_listen_len[CONFIG_MAX_LISTEN];
+	struct socks5_addr udp_dst[CONFIG_MAX_LISTEN];
+	int nudp;
 	int relay_mode; /* enum relay_mode */
 	int verbose;
 };

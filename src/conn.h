@@ -32,6 +32,16 @@ enum conn_op {
 	OP_SPLIN_T,   /* relay (splice-sqe): splice target -> pipe */
 	OP_SPLOUT_T,  /* relay (splice-sqe): splice pipe -> target */
 	OP_SPLOUT_C,  /* relay (splice-sqe): splice pipe -> client */
+
+	/* BIND (bind.c) and UDP ASSOCIATE (udp.c) */
+	OP_BIND_ACCEPT, /* BIND: accept on the slot's listening socket */
+	OP_WATCH_C,     /* BIND wait / UDP association: POLLRDHUP on the client (one-shot) */
+	OP_WATCH_T,     /* UDP association via an upstream: POLLRDHUP on its control connection */
+	OP_UDP_RECV_C,  /* UDP: multishot recvmsg on the client-facing socket */
+	OP_UDP_RECV_4,  /* UDP: multishot recvmsg on the IPv4 socket toward destinations */
+	OP_UDP_RECV_6,  /* UDP: multishot recvmsg on the IPv6 socket toward destinations */
+	OP_UDP_SEND,    /* UDP: a datagram send; idx: buffer id, not a slot (never pending) */
+	OP_UDP_LOCAL,   /* tunnel -U: multishot recvmsg on a local port; idx: its number */
 	OP__COUNT
 };
 #define CONN_OP_BIT(op) (1u << (op))
@@ -65,12 +75,25 @@ enum conn_state {
 	CONN_RELAY,        /* bytes flow both ways */
 	CONN_LINGER,       /* error reply sent, write side shut; draining until the client closes */
 	CONN_CLOSING,      /* sockets closed; waiting for in-flight operations to end */
+	CONN_BIND_WAIT,    /* BIND: first reply sent, waiting for the peer to connect */
+	CONN_UDP,          /* UDP ASSOCIATE: datagrams flow while the control connection lives */
 };
 
 /* How the destination is reached. */
 enum conn_via { VIA_DIRECT = 0, VIA_UPSTREAM, VIA_TUNNEL };
 
-enum timer_kind { TIMER_NONE = 0, TIMER_HANDSHAKE, TIMER_CONNECT, TIMER_LINGER, TIMER__COUNT };
+enum timer_kind {
+	TIMER_NONE = 0,
+	TIMER_HANDSHAKE,
+	TIMER_CONNECT,
+	TIMER_LINGER,
+	TIMER_BIND,     /* --bind-timeout */
+	TIMER_UDP_IDLE, /* --udp-idle-timeout */
+	TIMER__COUNT
+};
+
+/* The op byte of a dns_resolve user_data for a UDP datagram's name (never an SQE's). */
+#define CONN_RESOLVE_UDP 0xF0
 
 /* One relay direction: client->target (DIR_UP) or target->client (DIR_DOWN). */
 enum { DIR_UP = 0, DIR_DOWN = 1 };

@@ -163,6 +163,10 @@ int main(int argc, char **argv)
 			        addr_text(&cfg.listen[l], text, sizeof(text)), cfg.workers,
 			        cfg.nusers ? ", username/password required" : "",
 			        cfg.ncpus ? ", pinned" : "");
+		for (int l = 0; l < cfg.nudp; l++)
+			log_msg("info", "listening on %s/udp (%d workers%s)",
+			        addr_text(&cfg.udp_listen[l], text, sizeof(text)), cfg.workers,
+			        cfg.ncpus ? ", pinned" : "");
 		while (sigwait(&sigs, &sig) != 0)
 			;
 		log_msg("info", "signal %d: stopping", sig);

@@ -179,6 +179,12 @@ static void buf_return(struct worker *w, int32_t bid)
 	io_uring_buf_ring_advance(b->br, 1);
 }
 
+void relay_drop_buffer(struct worker *w, unsigned cqe_flags)
+{
+	if (w->bufs.br)
+		buf_return(w, (int32_t)(cqe_flags >> IORING_CQE_BUFFER_SHIFT));
+}
+
 /* ---- helpers shared by the modes ---- */
 
 static int src_fd(const struct conn *c, int d)

@@ -65,6 +65,8 @@ void relay_start(struct worker *w, struct conn *c);
 void relay_event(struct worker *w, struct conn *c, int op, unsigned flags, int res);
 /* Resume a direction that had used up its budget. */
 void relay_resume(struct worker *w, struct conn *c, int dir);
+/* Give back the provided buffer a relay recv CQE (flags) carries, for a connection gone. */
+void relay_drop_buffer(struct worker *w, unsigned cqe_flags);
 /* Give back the pipes and buffers of a connection with nothing in flight any more. */
 void relay_release(struct worker *w, struct conn *c);
 

@@ -11,11 +11,20 @@
 
 #include "dns.h"
 #include "log.h"
+#include "udp.h"
 #include "worker.h"
 
 static struct upstream_hs *uphs(struct worker *w, struct conn *c)
 {
 	return &w->uphs[conn_index(&w->conns, c)];
+}
+
+/* A UDP ASSOCIATE: the client's (forwarder) or a tunnel -U session's. */
+static int is_udp(struct worker *w, struct conn *c)
+{
+	if (c->via == VIA_TUNNEL)
+		return udp_is_tunnel(w, c);
+	return c->hs.req.cmd == SOCKS5_CMD_UDP_ASSOCIATE;
 }
 
 /* The next upstream to try: healthy ones in round-robin order first, then the one whose
@@ -129,7 +138,11 @@ void upstream_connected(struct worker *w, struct conn *c)
 	const char *pass = cu->has_auth ? cu->pass : NULL;
 	int ret;
 
-	if (c->via == VIA_TUNNEL)
+	if (is_udp(w, c)) {
+		/* our own socket sends the datagrams, not the address the client announced */
+		struct socks5_addr any = {.atyp = SOCKS5_ATYP_IPV4, .len = 4};
+		ret = socks5_client_init(&u->cli, SOCKS5_CMD_UDP_ASSOCIATE, &any, user, pass);
+	} else if (c->via == VIA_TUNNEL)
 		ret = socks5_client_init(&u->cli, SOCKS5_CMD_CONNECT,
 		                         &w->cfg->tunnel_dst[c->listener], user, pass);
 	else
@@ -174,6 +187,10 @@ static void succeeded(struct worker *w, struct conn *c, size_t reply_len, const 
 
 	w->up_health[c->up_i].backoff_ms = 0;
 	w->up_health[c->up_i].backoff_until_ms = 0;
+	if (is_udp(w, c)) {
+		udp_upstream_ready(w, c, u); /* its reply names our relay socket instead */
+		return;
+	}
 	if (c->via != VIA_TUNNEL) {
 		/* the upstream's reply exactly as it came (ibuf keeps the whole message) */
 		memcpy(u->tx, u->cli.ibuf, reply_len);

@@ -15,8 +15,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bind.h"
 #include "dns.h"
 #include "log.h"
+#include "udp.h"
 
 #ifndef IORING_SETUP_COOP_TASKRUN
 #define IORING_SETUP_COOP_TASKRUN (1U << 8)
@@ -144,6 +146,13 @@ static void on_accept(struct worker *w, uint32_t li, int res, unsigned flags)
 
 /* ---- closing ---- */
 
+/* The fixed destination of a tunnel connection (-L) or datagram session (-U). */
+static const struct socks5_addr *tunnel_dst(const struct worker *w, const struct conn *c)
+{
+	return udp_is_tunnel(w, c) ? &w->cfg->udp_dst[c->listener]
+	                           : &w->cfg->tunnel_dst[c->listener];
+}
+
 static void conn_free_if_idle(struct worker *w, struct conn *c)
 {
 	if (c->state == CONN_CLOSING && c->pending == 0) {
@@ -155,22 +164,23 @@ static void conn_free_if_idle(struct worker *w, struct conn *c)
 
 static void log_session(struct worker *w, struct conn *c, const char *why)
 {
-	char client[INET6_ADDRSTRLEN + 8] = "?", dst[SOCKS5_MAX_NAME + 16] = "-";
+	char client[INET6_ADDRSTRLEN + 8] = "?", dst[SOCKS5_MAX_NAME + 16] = "-", udp[96];
 	struct socks5_addr a;
 
 	if (socks5_addr_from_sockaddr(&a, (struct sockaddr *)&c->peer) == 0)
 		socks5_addr_str(&a, client, sizeof(client));
 	if (c->via == VIA_TUNNEL)
-		socks5_addr_str(&w->cfg->tunnel_dst[c->listener], dst, sizeof(dst));
+		socks5_addr_str(tunnel_dst(w, c), dst, sizeof(dst));
 	else if (c->hs.state == SOCKS5_SRV_DONE)
 		socks5_addr_str(&c->hs.req.dst, dst, sizeof(dst));
-	log_msg("info", "session client=%s dst=%s%s%s result=%s%s%s up=%llu down=%llu ms=%llu",
+	udp_log_counters(w, c, udp, sizeof(udp));
+	log_msg("info", "session client=%s dst=%s%s%s result=%s%s%s up=%llu down=%llu ms=%llu%s",
 	        client, dst, c->via != VIA_DIRECT ? " via=" : "",
 	        c->via != VIA_DIRECT ? w->cfg->upstreams[c->up_i].text : "",
 	        c->result == 0xFF ? "no-reply" : socks5_reply_str(c->result), why ? " reason=" : "",
 	        why ? why : "", (unsigned long long)c->dir[DIR_UP].bytes,
 	        (unsigned long long)c->dir[DIR_DOWN].bytes,
-	        (unsigned long long)(w->now_ms - c->start_ms));
+	        (unsigned long long)(w->now_ms - c->start_ms), udp);
 }
 
 void worker_conn_close(struct worker *w, struct conn *c, const char *why)
@@ -185,6 +195,7 @@ void worker_conn_close(struct worker *w, struct conn *c, const char *why)
 		w->stats.sessions_failed++;
 	if (log_verbose)
 		log_session(w, c, why);
+	udp_release(w, c); /* an association's own sockets and waiting datagrams */
 	if (c->cfd >= 0)
 		close(c->cfd);
 	if (c->tfd >= 0)
@@ -254,6 +265,14 @@ static void tx_append(struct conn *c, const uint8_t *p, size_t n)
 		n = (size_t)(CONN_TXBUF - c->tx_len); /* cannot happen: replies are bounded */
 	memcpy(c->txbuf + c->tx_len, p, n);
 	c->tx_len = (uint16_t)(c->tx_len + n);
+}
+
+void worker_send_reply(struct worker *w, struct conn *c, const uint8_t *buf, size_t len)
+{
+	if (c->tx_off == c->tx_len)
+		c->tx_len = c->tx_off = 0;
+	tx_append(c, buf, len);
+	tx_flush(w, c);
 }
 
 /* Send a failure reply (rep) and close once it is out. */
@@ -430,8 +449,7 @@ void worker_conn_give_up(struct worker *w, struct conn *c, uint8_t rep, const ch
 	c->result = rep;
 	if (c->via == VIA_TUNNEL) {
 		log_warn("tunnel to %s failed: %s",
-		         socks5_addr_str(&w->cfg->tunnel_dst[c->listener], (char[300]){0}, 300),
-		         why);
+		         socks5_addr_str(tunnel_dst(w, c), (char[300]){0}, 300), why);
 		conn_reset(w, c, why);
 		return;
 	}
@@ -449,7 +467,7 @@ void worker_conn_pass_failure(struct worker *w, struct conn *c, uint8_t rep, con
 	c->result = rep;
 	if (c->via == VIA_TUNNEL) {
 		log_warn("tunnel to %s: the proxy replied %u (%s)",
-		         socks5_addr_str(&w->cfg->tunnel_dst[c->listener], dst, sizeof(dst)), rep,
+		         socks5_addr_str(tunnel_dst(w, c), dst, sizeof(dst)), rep,
 		         socks5_reply_str(rep));
 		conn_reset(w, c, "proxy refused");
 		return;
@@ -473,14 +491,22 @@ static void start_request(struct worker *w, struct conn *c)
 	const struct socks5_request *req = &c->hs.req;
 
 	if (w->cfg->nupstreams) {
-		/* forwarder: CONNECT and BIND go to the upstream as sent (BIND's second reply
-		 * then flows through the relay unchanged) */
-		if (req->cmd == SOCKS5_CMD_UDP_ASSOCIATE) {
+		/* forwarder: every command goes to the upstream as sent (BIND's second reply
+		 * then flows through the relay unchanged; udp.c rewrites UDP ASSOCIATE's reply) */
+		if (req->cmd == SOCKS5_CMD_UDP_ASSOCIATE && !udp_supported(w)) {
 			conn_fail(w, c, SOCKS5_REP_CMD_NOT_SUPPORTED);
 			return;
 		}
 		c->via = VIA_UPSTREAM;
 		upstream_start(w, c);
+		return;
+	}
+	if (req->cmd == SOCKS5_CMD_BIND) {
+		bind_start(w, c);
+		return;
+	}
+	if (req->cmd == SOCKS5_CMD_UDP_ASSOCIATE) {
+		udp_start(w, c);
 		return;
 	}
 	if (req->cmd != SOCKS5_CMD_CONNECT) {
@@ -515,8 +541,13 @@ static void start_request(struct worker *w, struct conn *c)
 void worker_resolved(struct worker *w, uint64_t ud, int status, const struct sockaddr_in6 *addrs,
                      int n)
 {
-	struct conn *c = conn_lookup(&w->conns, ud);
+	struct conn *c;
 
+	if ((unsigned)conn_ud_op(ud) == CONN_RESOLVE_UDP) {
+		udp_resolved(w, ud, status, addrs, n); /* a datagram's destination */
+		return;
+	}
+	c = conn_lookup(&w->conns, ud);
 	if (!c || c->state != CONN_RESOLVING || conn_ud_op(ud) != c->up_tries)
 		return; /* the client is gone, timed out, or moved on to another upstream */
 	if (status < 0 || n == 0) {
@@ -529,6 +560,10 @@ void worker_resolved(struct worker *w, uint64_t ud, int status, const struct soc
 	memcpy(c->addrs, addrs, sizeof(addrs[0]) * (size_t)n);
 	c->naddrs = (uint8_t)n;
 	c->last_err = EHOSTUNREACH;
+	if (c->via == VIA_DIRECT && c->hs.req.cmd == SOCKS5_CMD_BIND) {
+		bind_listen(w, c);
+		return;
+	}
 	worker_connect_next(w, c);
 }
 
@@ -636,6 +671,9 @@ static void after_tx(struct worker *w, struct conn *c)
 	case CONN_REPLYING:
 		maybe_start_relay(w, c);
 		break;
+	case CONN_BIND_WAIT:
+		bind_sent(w, c);
+		break;
 	default:
 		break;
 	}
@@ -684,6 +722,12 @@ static void on_timeout(struct worker *w, struct conn *c)
 		}
 		conn_fail(w, c, SOCKS5_REP_TTL_EXPIRED);
 		break;
+	case CONN_BIND_WAIT:
+		bind_timeout(w, c);
+		break;
+	case CONN_UDP:
+		worker_conn_close(w, c, "idle");
+		break;
 	default:
 		worker_conn_close(w, c, NULL);
 		break;
@@ -707,6 +751,12 @@ static void handle_cqe(struct worker *w, struct io_uring_cqe *cqe)
 	case OP_DNS_POLL:
 		dns_poll_event(w->dns, conn_ud_idx(ud), conn_ud_gen(ud), cqe->res);
 		return;
+	case OP_UDP_SEND:
+		udp_send_done(w, ud, cqe->res);
+		return;
+	case OP_UDP_LOCAL:
+		udp_local_event(w, conn_ud_idx(ud), cqe->res, cqe->flags);
+		return;
 	case OP_NONE:
 	case OP_IGNORE:
 	case OP__COUNT:
@@ -719,7 +769,25 @@ static void handle_cqe(struct worker *w, struct io_uring_cqe *cqe)
 		return; /* stale: the slot has a new tenant */
 	if (!(cqe->flags & IORING_CQE_F_MORE))
 		c->pending &= ~CONN_OP_BIT(op);
+	switch (op) {
+	/* an accepted socket or a provided buffer must be dealt with in every state */
+	case OP_BIND_ACCEPT:
+		bind_on_accept(w, c, cqe->res);
+		conn_free_if_idle(w, c);
+		return;
+	case OP_UDP_RECV_C:
+	case OP_UDP_RECV_4:
+	case OP_UDP_RECV_6:
+		udp_on_recv(w, c, op, cqe->res, cqe->flags);
+		conn_free_if_idle(w, c);
+		return;
+	default:
+		break;
+	}
 	if (c->state == CONN_CLOSING) {
+		/* a copy-relay recv may still deliver a buffer after the close: give it back */
+		if ((op == OP_POLLIN_C || op == OP_POLLIN_T) && (cqe->flags & IORING_CQE_F_BUFFER))
+			relay_drop_buffer(w, cqe->flags);
 		conn_free_if_idle(w, c);
 		return;
 	}
@@ -758,6 +826,13 @@ static void handle_cqe(struct worker *w, struct io_uring_cqe *cqe)
 	case OP_SPLOUT_T:
 		if (c->state == CONN_RELAY)
 			relay_event(w, c, op, cqe->flags, cqe->res);
+		break;
+	case OP_WATCH_C:
+	case OP_WATCH_T:
+		/* BIND wait / UDP association: the control connection hung up */
+		if (cqe->res != -ECANCELED && (c->state == CONN_BIND_WAIT || c->state == CONN_UDP))
+			worker_conn_close(w, c,
+			                  op == OP_WATCH_C ? "client closed" : "upstream closed");
 		break;
 	default:
 		break;
@@ -853,6 +928,9 @@ static int worker_setup(struct worker *w)
 	w->conns.timers[TIMER_CONNECT].timeout_ms =
 	    (uint64_t)(w->cfg->connect_timeout * 1000 + 0.5);
 	w->conns.timers[TIMER_LINGER].timeout_ms = LINGER_MS;
+	w->conns.timers[TIMER_BIND].timeout_ms = (uint64_t)(w->cfg->bind_timeout * 1000 + 0.5);
+	w->conns.timers[TIMER_UDP_IDLE].timeout_ms =
+	    (uint64_t)(w->cfg->udp_idle_timeout * 1000 + 0.5);
 	if (w->cfg->nupstreams) {
 		w->uphs = calloc(slots, sizeof(*w->uphs));
 		if (!w->uphs)
@@ -864,6 +942,8 @@ static int worker_setup(struct worker *w)
 	if (!w->runq || !w->pipe_wait)
 		return -ENOMEM;
 	if ((ret = dns_init(w, &w->dns)) < 0)
+		return ret;
+	if ((ret = udp_init(w, slots)) < 0)
 		return ret;
 	return 0;
 }
@@ -881,6 +961,7 @@ static void worker_teardown(struct worker *w)
 	free(w->uphs);
 	w->uphs = NULL;
 	io_uring_queue_exit(&w->ring);
+	udp_destroy(w); /* after the ring: nothing may write into its buffers any more */
 }
 
 static void arm_wake(struct worker *w)

@@ -14,6 +14,7 @@
 #include "upstream.h"
 
 struct dns;
+struct udp_worker;
 
 struct worker_stats {
 	uint64_t accepted;
@@ -21,6 +22,7 @@ struct worker_stats {
 	uint64_t accept_errors;
 	uint64_t sessions_ok;
 	uint64_t sessions_failed;
+	uint64_t bind_refused; /* BIND: connections from an address other than DST.ADDR */
 };
 
 struct worker {
@@ -42,6 +44,8 @@ struct worker {
 	struct pipe_pool pipes;
 	struct relay_bufs bufs;
 	struct dns *dns;
+	struct udp_worker *udp;  /* UDP ASSOCIATE and tunnel -U (udp.c) */
+	uint32_t bind_port_next; /* --bind-ports: where the next BIND starts looking */
 	/* relay directions that used up their budget and have more to move */
 	uint64_t *runq;
 	uint32_t runq_head, runq_len, runq_cap;
@@ -89,6 +93,9 @@ uint64_t worker_now_ms(void);
 void worker_connect_next(struct worker *w, struct conn *c);
 /* Cancel the operations of c in mask (CONN_OP_BIT); their CQEs still arrive. */
 void worker_cancel_ops(struct worker *w, struct conn *c, uint32_t mask);
+/* Send a reply of len bytes to the client (queued behind one being sent) and stay in the
+ * current state (BIND's first reply, UDP ASSOCIATE's reply). */
+void worker_send_reply(struct worker *w, struct conn *c, const uint8_t *buf, size_t len);
 /* Send buf (len may be 0) to the client and early data to the target, then relay. */
 void worker_reply_and_relay(struct worker *w, struct conn *c, const uint8_t *buf, size_t len);
 /* The destination cannot be reached: reply rep (a tunnel client is reset) and close. */

@@ -62,14 +62,26 @@ class ProtocolTest(h.ProxyTestCase):
         # so it must answer as soon as it sees ATYP
         self.assert_exchange_then_close(bytes([5, 1, 0, 0x05]), h.error_reply(h.REP_ATYP))
 
-    # BIND and UDP ASSOCIATE are not implemented yet: update these two when they are.
-    def test_bind_not_supported_yet(self):
-        self.assert_exchange_then_close(h.request("127.0.0.1", 0, cmd=h.CMD_BIND),
-                                        h.error_reply(h.REP_CMD))
+    # BIND and UDP ASSOCIATE succeed (test_bind.py and test_udp.py test them in depth)
+    @h.ringsocks_only
+    def test_bind_first_reply(self):
+        with self.client() as s:
+            s.sendall(h.greeting() + h.request("127.0.0.1", 0, cmd=h.CMD_BIND))
+            self.assertEqual(h.recv_exact(s, 2), OK_GREETING)
+            r = h.read_reply(s)
+            # listening on the address the proxy uses toward 127.0.0.1, on some port
+            self.assertEqual(r.raw.hex(), "050000017f000001" + struct.pack("!H", r.port).hex())
+            self.assertNotEqual(r.port, 0)
 
-    def test_udp_associate_not_supported_yet(self):
-        self.assert_exchange_then_close(h.request("0.0.0.0", 0, cmd=h.CMD_UDP),
-                                        h.error_reply(h.REP_CMD))
+    @h.ringsocks_only
+    def test_udp_associate_reply(self):
+        with self.client() as s:
+            s.sendall(h.greeting() + h.request("0.0.0.0", 0, cmd=h.CMD_UDP))
+            self.assertEqual(h.recv_exact(s, 2), OK_GREETING)
+            r = h.read_reply(s)
+            # the relay sits on the address the client reached the proxy at
+            self.assertEqual(r.raw.hex(), "050000017f000001" + struct.pack("!H", r.port).hex())
+            self.assertNotEqual(r.port, 0)
 
     def test_no_acceptable_method(self):
         with self.client() as s:

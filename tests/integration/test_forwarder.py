@@ -3,7 +3,8 @@ upstream credentials) -> a local HTTP server, content hashed; and against a scri
 the exact bytes: the client's request reaches the upstream byte for byte (IPv4, IPv6, domain,
 BIND), the upstream's replies reach the client byte for byte (success, BIND's two replies,
 failures with any BND), upstream credentials, garbage and auth rejection fail over to the next
-upstream, pipelined data waits for the upstream's reply, UDP ASSOCIATE is answered 7."""
+upstream, pipelined data waits for the upstream's reply, UDP ASSOCIATE goes to the upstream (as
+0.0.0.0:0: datagrams come from our own socket) and its reply names our relay socket."""
 
 import os
 import socket
@@ -28,12 +29,13 @@ def curl_socks(proxy, auth=None, hostname=False):
 
 
 def check_handshake(proxy):
-    """The proxy still answers a complete handshake (UDP ASSOCIATE: 05 07 in forwarder mode)."""
+    """The proxy still answers a complete handshake (an unknown command: 05 07, without asking
+    the upstream)."""
     with h.open_client(proxy) as s:
-        s.sendall(h.greeting() + h.request("0.0.0.0", 0, cmd=h.CMD_UDP))
+        s.sendall(h.greeting() + h.request("0.0.0.0", 0, cmd=0x09))
         got = h.recv_exact(s, 2) + h.read_to_close(s, timeout=5 * h.SLOW)[0]
         if got != b"\x05\x00" + h.error_reply(h.REP_CMD):
-            raise AssertionError(f"UDP ASSOCIATE answered {got.hex()}")
+            raise AssertionError(f"command 9 answered {got.hex()}")
 
 
 @h.ringsocks_only
@@ -174,7 +176,7 @@ class FakeUpstreamTest(unittest.TestCase):
         self.procs, self.fakes = [], []
         # at the end every forwarder must still serve a plain CONNECT (through its upstream,
         # which echoes); tests whose upstream only ever fails clear this and the forwarder
-        # must still answer a fresh handshake (UDP ASSOCIATE -> 7) instead
+        # must still answer a fresh handshake (unknown command -> 7) instead
         self.plain_ok = True
 
     def tearDown(self):
@@ -286,16 +288,22 @@ class FakeUpstreamTest(unittest.TestCase):
                 self.assertEqual(fake.records[0]["request"].hex(), req.hex())
                 self.assert_no_fake_errors(fake)
 
-    def test_udp_associate_answered_7_without_upstream(self):
-        fake = self.fake()
+    def test_udp_associate_goes_to_the_upstream(self):
+        fake = self.fake()  # replies 05 00 with BND 198.51.100.7:4242
         fwd = self.fwd([fake.url()])
         with h.open_client(fwd) as s:
-            s.sendall(h.greeting() + h.request("0.0.0.0", 0, cmd=h.CMD_UDP))
+            s.sendall(h.greeting() + h.request("127.0.0.1", 5555, cmd=h.CMD_UDP))
             self.assertEqual(h.recv_exact(s, 2).hex(), "0500")
-            data, _ = h.read_to_close(s, timeout=5 * h.SLOW)
-            self.assertEqual(data.hex(), h.error_reply(h.REP_CMD).hex())
-        time.sleep(0.2)
-        self.assertEqual(fake.connections, 0, "UDP ASSOCIATE must not reach the upstream")
+            r = h.read_reply(s)
+            # the reply names the forwarder's own relay socket (where the client reached it)
+            self.assertEqual(r.raw[:8].hex(), "050000017f000001")
+            self.assertNotEqual(r.port, 4242)
+            # the upstream was asked for 0.0.0.0:0: the datagrams come from our own socket,
+            # not from the address the client announced
+            h.wait_for(lambda: fake.requests(), 5 * h.SLOW, what="the upstream's request")
+            self.assertEqual(fake.requests()[0].hex(), "05030001000000000000")
+        h.wait_for(lambda: c.log_lines(fwd, r"dst=127\.0\.0\.1:5555 .*udp_in=0"), 5 * h.SLOW,
+                   what="the association's session line")
 
     # ---- the upstream's failure replies, byte for byte
 

@@ -63,7 +63,7 @@ class MaxConnsTest(h.ProxyTestCase):
                 with h.socks_connect(self.proxy, "127.0.0.1", self.echo.port)[0] as s:
                     self.assertEqual(h.echo_roundtrip(s, b"again"), b"again")
                 break
-            except (AssertionError, OSError):
+            except (AssertionError, OSError, EOFError):
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)

@@ -202,3 +202,101 @@ Test(config, relay_modes)
 	cr_assert_not_null(strstr(err, "--relay"), "%s", err);
 	config_free(&cfg);
 }
+
+Test(config, bind_and_udp_defaults)
+{
+	struct config cfg;
+	char err[256];
+	char *argv[] = {"ringsocks", NULL};
+	cr_assert_eq(parse(&cfg, err, 1, argv), 0);
+	cr_assert_float_eq(cfg.bind_timeout, 60.0, 1e-9);
+	cr_assert_float_eq(cfg.udp_idle_timeout, 120.0, 1e-9);
+	cr_assert_eq(cfg.bind_port_lo, 0, "ephemeral BIND ports by default");
+	cr_assert_eq(cfg.bind_port_hi, 0);
+	cr_assert_eq(cfg.nudp, 0);
+	config_free(&cfg);
+}
+
+Test(config, bind_and_udp_flags)
+{
+	struct config cfg;
+	char err[256];
+	cr_assert_eq(parse(&cfg, err, 7,
+	                   ARGS("--bind-timeout", "1.5", "--bind-ports", "40000-40009",
+	                        "--udp-idle-timeout", "30")),
+	             0, "%s", err);
+	cr_assert_float_eq(cfg.bind_timeout, 1.5, 1e-9);
+	cr_assert_float_eq(cfg.udp_idle_timeout, 30.0, 1e-9);
+	cr_assert_eq(cfg.bind_port_lo, 40000);
+	cr_assert_eq(cfg.bind_port_hi, 40009);
+	config_free(&cfg);
+	cr_assert_eq(parse(&cfg, err, 3, ARGS("--bind-ports", "5000-5000")), 0, "%s", err);
+	cr_assert_eq(cfg.bind_port_lo, 5000);
+	cr_assert_eq(cfg.bind_port_hi, 5000);
+	config_free(&cfg);
+}
+
+Test(config, rejects_bad_bind_and_udp_values)
+{
+	static const char *bad[][2] = {
+	    {"--bind-ports", "5000"},        {"--bind-ports", "5000-4999"},
+	    {"--bind-ports", "0-10"},        {"--bind-ports", "1-65536"},
+	    {"--bind-ports", "a-b"},         {"--bind-ports", "-5"},
+	    {"--bind-ports", "123456789-9"}, {"--bind-timeout", "0"},
+	    {"--bind-timeout", "x"},         {"--udp-idle-timeout", "-1"},
+	    {"--udp-idle-timeout", ""},
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		struct config cfg;
+		char err[256] = "";
+		char *argv[] = {"ringsocks", (char *)bad[i][0], (char *)bad[i][1], NULL};
+		cr_assert_eq(parse(&cfg, err, 3, argv), -EINVAL, "%s %s", bad[i][0], bad[i][1]);
+		cr_assert_not_null(strstr(err, bad[i][0]), "%s", err);
+		cr_assert_null(strchr(err, '\n'), "one line: %s", err);
+		config_free(&cfg);
+	}
+}
+
+Test(config, tunnel_udp_ports)
+{
+	struct config cfg;
+	char err[256];
+	cr_assert_eq(parse(&cfg, err, 8,
+	                   ARGS("tunnel", "-U", "5353:resolver.example:53", "-U",
+	                        "[::1]:5354:[2001:db8::1]:53", "--via", "socks5://127.0.0.1:1080")),
+	             0, "%s", err);
+	cr_assert_eq(cfg.mode, MODE_TUNNEL);
+	cr_assert_eq(cfg.nlisten, 0, "no TCP port without -L");
+	cr_assert_eq(cfg.nudp, 2);
+	cr_assert_eq(ntohs(((struct sockaddr_in *)&cfg.udp_listen[0])->sin_port), 5353);
+	cr_assert_eq(((struct sockaddr_in *)&cfg.udp_listen[0])->sin_addr.s_addr,
+	             htonl(INADDR_LOOPBACK));
+	cr_assert_eq(cfg.udp_dst[0].atyp, SOCKS5_ATYP_DOMAIN);
+	cr_assert_str_eq(cfg.udp_dst[0].u.name, "resolver.example");
+	cr_assert_eq(cfg.udp_dst[0].port, 53);
+	cr_assert_eq(cfg.udp_listen[1].ss_family, AF_INET6);
+	cr_assert_eq(cfg.udp_dst[1].atyp, SOCKS5_ATYP_IPV6);
+	config_free(&cfg);
+	/* -L and -U together */
+	cr_assert_eq(parse(&cfg, err, 8,
+	                   ARGS("tunnel", "-L", "8080:example.com:80", "-U", "5353:10.0.0.1:53",
+	                        "--via", "socks5://127.0.0.1:1080")),
+	             0, "%s", err);
+	cr_assert_eq(cfg.nlisten, 1);
+	cr_assert_eq(cfg.nudp, 1);
+	config_free(&cfg);
+	/* -U belongs to tunnel mode; a tunnel needs -L or -U */
+	cr_assert_eq(parse(&cfg, err, 3, ARGS("-U", "5353:10.0.0.1:53")), -EINVAL);
+	cr_assert_not_null(strstr(err, "-U"), "%s", err);
+	config_free(&cfg);
+	cr_assert_eq(parse(&cfg, err, 4, ARGS("tunnel", "--via", "socks5://127.0.0.1:1080")),
+	             -EINVAL);
+	cr_assert_not_null(strstr(err, "-L or -U"), "%s", err);
+	config_free(&cfg);
+	cr_assert_eq(
+	    parse(&cfg, err, 6,
+	          ARGS("tunnel", "-U", "5353:bad host:53", "--via", "socks5://127.0.0.1:1080")),
+	    -EINVAL);
+	cr_assert_not_null(strstr(err, "-U"), "%s", err);
+	config_free(&cfg);
+}

@@ -1,0 +1,678 @@
+"""UDP ASSOCIATE (RFC 1928 section 7): the reply and every datagram byte for byte; destinations
+on 127.0.0.1 and ::1 addressed by IPv4, IPv6 and name; a DNS query through the association;
+FRAG != 0 dropped; datagrams from addresses the client never contacted (or not from the client)
+not delivered; the announced client port enforced; the association ends with its TCP connection
+and after --udp-idle-timeout; 1000 associations at once leave no descriptor behind; and UDP
+through ringsocks as a forwarder (in front of ringsocks and of Dante) and through
+`ringsocks tunnel -U`."""
+
+import os
+import select
+import socket
+import struct
+import sys
+import threading
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import chain as c  # noqa: E402
+import harness as h  # noqa: E402
+
+SHORT = 0.5  # how long "nothing arrives" is watched for
+
+
+def udp_header(host, port, frag=0):
+    return bytes([0, 0, frag]) + h.encode_addr(host) + struct.pack("!H", port)
+
+
+def reply_bytes(host, port, rep=h.REP_OK):
+    return bytes([h.VER, rep, 0]) + h.encode_addr(host) + struct.pack("!H", port)
+
+
+def fd_count(pid):
+    """Sockets held by the process (pipes are pooled and kept on purpose)."""
+    n = 0
+    for f in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            n += os.readlink(f"/proc/{pid}/fd/{f}").startswith("socket:")
+        except OSError:
+            pass
+    return n
+
+
+def all_fd_count(pid):
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def settled_fd_count(proxy):
+    """Sockets once every worker is up ("listening on" is logged after their rings exist)."""
+    c.wait_log(proxy, r"listening on")
+    return fd_count(proxy.pid)
+
+
+class UdpEcho:
+    """Echoes every datagram to its sender, on 127.0.0.1 and ::1 (same port number). .got lists
+    (sender, data) of everything received."""
+
+    def __init__(self, hosts=("127.0.0.1", "::1")):
+        self.socks = []
+        for _ in range(50):
+            try:
+                port = 0
+                for host in hosts:
+                    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
+                                      socket.SOCK_DGRAM)
+                    self.socks.append(s)
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+                    s.bind((host, port))
+                    port = s.getsockname()[1]
+                break
+            except OSError:
+                for s in self.socks:
+                    s.close()
+                self.socks = []
+        self.port = self.socks[0].getsockname()[1]
+        self.got = []
+        self.lock = threading.Lock()
+        self._stop = False
+        self.thread = threading.Thread(target=self._run, daemon=True, name="udp-echo")
+        self.thread.start()
+
+    def _run(self):
+        while not self._stop:
+            r, _, _ = select.select(self.socks, [], [], 0.1)
+            for s in r:
+                try:
+                    data, addr = s.recvfrom(65535)
+                except OSError:
+                    continue
+                with self.lock:
+                    self.got.append((addr[:2], data))
+                try:
+                    s.sendto(data, addr)
+                except OSError:
+                    pass
+
+    def received(self, data):
+        with self.lock:
+            return [a for a, d in self.got if d == data]
+
+    def close(self):
+        self._stop = True
+        self.thread.join(5)
+        for s in self.socks:
+            s.close()
+
+
+class Assoc:
+    """A UDP association through proxy: the TCP control connection (.tcp), the reply (.reply),
+    the relay address (.relay) and our UDP socket (.udp, bound to udp_host)."""
+
+    def __init__(self, proxy, dst=("0.0.0.0", 0), udp_host="127.0.0.1", udp_sock=None):
+        self.tcp = h.open_client(proxy)
+        self.cport = self.tcp.getsockname()[1]  # names the session in the proxy's log
+        self.udp = None
+        try:
+            self.tcp.sendall(h.greeting() + h.request(dst[0], dst[1], cmd=h.CMD_UDP))
+            got = h.recv_exact(self.tcp, 2)
+            if got != b"\x05\x00":
+                raise AssertionError(f"method selection {got.hex()}")
+            self.reply = h.read_reply(self.tcp)
+            if self.reply.rep != h.REP_OK:
+                raise AssertionError(f"UDP ASSOCIATE failed: {self.reply}")
+            self.relay = (self.reply.host, self.reply.port)
+            if udp_sock is None:
+                udp_sock = socket.socket(socket.AF_INET6 if ":" in udp_host else socket.AF_INET,
+                                         socket.SOCK_DGRAM)
+                udp_sock.bind((udp_host, 0))
+            self.udp = udp_sock
+            self.udp.settimeout(5 * h.SLOW)
+        except BaseException:
+            self.close()
+            raise
+
+    def send(self, host, port, payload, frag=0):
+        self.udp.sendto(udp_header(host, port, frag) + payload, self.relay)
+
+    def recv(self, timeout=None):
+        """The next datagram from the relay (raw, header included)."""
+        self.udp.settimeout(timeout or 5 * h.SLOW)
+        while True:
+            data, src = self.udp.recvfrom(65535)
+            if src[:2] == self.relay:
+                return data
+
+    def nothing(self, timeout=SHORT):
+        """Assert that no datagram arrives within timeout."""
+        self.udp.settimeout(timeout)
+        try:
+            data, src = self.udp.recvfrom(65535)
+        except socket.timeout:
+            return
+        raise AssertionError(f"unexpected datagram from {src}: {data[:64].hex()}")
+
+    def close(self):
+        if self.udp is not None:
+            self.udp.close()
+        self.tcp.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+@h.ringsocks_only
+class UdpTest(h.ProxyTestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.echo = UdpEcho()
+        super().setUpClass()
+        cls.dns.add("echo4.udp.test", a=["127.0.0.1"])
+        cls.dns.add("echo6.udp.test", aaaa=["::1"])
+        cls.dns.add("answer.udp.test", a=["10.1.2.3"], aaaa=["2001:db8::7"])
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            super().tearDownClass()
+        finally:
+            cls.echo.close()
+
+    def session_line(self, a, pattern):
+        """The -v session line of association a (logged once its TCP connection closed)."""
+        port = a.cport
+        a.close()
+        return c.wait_log(self.proxy, rf"client=127\.0\.0\.1:{port} .*{pattern}")
+
+    def test_reply_and_ipv4_datagram_byte_for_byte(self):
+        with Assoc(self.proxy) as a:
+            # the relay sits where the client reached the proxy
+            self.assertEqual(a.reply.raw.hex(), reply_bytes("127.0.0.1", a.reply.port).hex())
+            self.assertNotEqual(a.reply.port, 0)
+            a.send("127.0.0.1", self.echo.port, b"hello over udp")
+            got = a.recv()
+            self.assertEqual(got.hex(), (udp_header("127.0.0.1", self.echo.port)
+                                         + b"hello over udp").hex())
+            # the destination saw the payload alone, from the proxy's own socket
+            (src,) = self.echo.received(b"hello over udp")
+            self.assertEqual(src[0], "127.0.0.1")
+            self.assertNotEqual(src[1], a.reply.port)
+        self.session_line(a, r"dst=0\.0\.0\.0:0 result=succeeded .*udp_in=1 udp_out=1 "
+                             r"udp_dropped=0")
+
+    def test_ipv6_destination(self):
+        with Assoc(self.proxy) as a:
+            a.send("::1", self.echo.port, b"to ::1")
+            self.assertEqual(a.recv().hex(), (udp_header("::1", self.echo.port)
+                                              + b"to ::1").hex())
+            # both families from one association
+            a.send("127.0.0.1", self.echo.port, b"and to 127.0.0.1")
+            self.assertEqual(a.recv().hex(), (udp_header("127.0.0.1", self.echo.port)
+                                              + b"and to 127.0.0.1").hex())
+
+    def test_destination_by_name(self):
+        with Assoc(self.proxy) as a:
+            for name, ip in (("echo4.udp.test", "127.0.0.1"), ("echo6.udp.test", "::1"),
+                             ("localhost", "127.0.0.1")):
+                payload = f"by name {name}".encode()
+                a.send(name, self.echo.port, payload)
+                # the answer carries the address it came from
+                self.assertEqual(a.recv().hex(),
+                                 (udp_header(ip, self.echo.port) + payload).hex(), name)
+
+    def test_unresolvable_name_is_dropped(self):
+        with Assoc(self.proxy) as a:
+            a.send("nxdomain.udp.test", self.echo.port, b"lost")
+            a.nothing()
+            a.send("127.0.0.1", self.echo.port, b"still works")
+            self.assertTrue(a.recv().endswith(b"still works"))
+        self.session_line(a, r"udp_in=1 udp_out=1 udp_dropped=1")
+
+    def test_few_datagrams_wait_for_a_slow_name(self):
+        self.dns.add("slow.udp.test", a=["127.0.0.1"], delay=1.0)
+        with Assoc(self.proxy) as a:
+            for i in range(10):
+                a.send("slow.udp.test", self.echo.port, b"slow %d" % i)
+            answers = sorted(a.recv(timeout=10 * h.SLOW) for _ in range(4))
+            a.nothing(timeout=1.0)
+            # the first four waited for the answer; the rest were dropped
+            self.assertEqual(answers, sorted(udp_header("127.0.0.1", self.echo.port)
+                                             + b"slow %d" % i for i in range(4)))
+            self.assertEqual(self.dns.count("slow.udp.test", h.QTYPE_A), 1)
+        self.session_line(a, r"udp_in=4 udp_out=4 udp_dropped=6")
+
+    def test_dns_query_through_the_association(self):
+        with Assoc(self.proxy) as a:
+            before = self.dns.count("answer.udp.test")
+            q = h.dns_build_query("answer.udp.test", h.QTYPE_A, qid=0x1234)
+            a.send(self.dns.host, self.dns.port, q)
+            got = a.recv()
+            head = udp_header(self.dns.host, self.dns.port)
+            self.assertEqual(got[:len(head)].hex(), head.hex())
+            qid, rcode, answers = h.dns_parse_response(got[len(head):])
+            self.assertEqual((qid, rcode, answers), (0x1234, 0, [("A", "10.1.2.3")]))
+            self.assertEqual(self.dns.count("answer.udp.test"), before + 1)
+
+    def test_fragments_are_dropped(self):
+        with Assoc(self.proxy) as a:
+            a.send("127.0.0.1", self.echo.port, b"fragment 1", frag=1)
+            a.send("127.0.0.1", self.echo.port, b"last fragment", frag=0x81)
+            a.nothing()
+            self.assertEqual(self.echo.received(b"fragment 1"), [])
+            self.assertEqual(self.echo.received(b"last fragment"), [])
+            a.send("127.0.0.1", self.echo.port, b"whole")
+            self.assertTrue(a.recv().endswith(b"whole"))
+        self.session_line(a, r"udp_in=1 udp_out=1 udp_dropped=2")
+
+    def test_malformed_headers_are_dropped(self):
+        with Assoc(self.proxy) as a:
+            for bad in (b"\x00\x00", b"\x01\x00\x00\x01\x7f\x00\x00\x01\x00\x07x",
+                        b"\x00\x00\x00\x09abc", b"\x00\x00\x00\x03\x00\x00\x07x",
+                        b"\x00\x00\x00\x01\x7f\x00\x00\x01\x00\x00port zero"):
+                a.udp.sendto(bad, a.relay)
+            a.nothing()
+            a.send("127.0.0.1", self.echo.port, b"fine")
+            self.assertTrue(a.recv().endswith(b"fine"))
+        self.session_line(a, r"udp_in=1 udp_out=1 udp_dropped=5")
+
+    def test_large_datagrams(self):
+        with Assoc(self.proxy) as a:
+            for n in (0, 1, 1472, 9000, 65000):
+                payload = os.urandom(n)
+                a.send("127.0.0.1", self.echo.port, payload)
+                self.assertEqual(a.recv(), udp_header("127.0.0.1", self.echo.port) + payload,
+                                 f"{n} bytes")
+
+    def test_no_reflection_from_uncontacted_sources(self):
+        with Assoc(self.proxy) as a, \
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stranger, \
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other:
+            stranger.bind(("127.0.0.2", 0))
+            other.bind(("127.0.0.1", 0))
+            a.send("127.0.0.1", self.echo.port, b"contact")
+            self.assertTrue(a.recv().endswith(b"contact"))
+            (out_addr,) = self.echo.received(b"contact")  # the proxy's socket toward it
+            # someone the client never sent to, at the proxy's outgoing socket: not delivered
+            stranger.sendto(b"unsolicited", out_addr)
+            # the contacted host, but from another port: not delivered either
+            other.sendto(b"other port", out_addr)
+            # a datagram to the relay port, but not from the client: not relayed anywhere
+            stranger.sendto(udp_header("127.0.0.1", self.echo.port) + b"not the client",
+                            a.relay)
+            a.nothing()
+            time.sleep(0.1)
+            self.assertEqual(self.echo.received(b"not the client"), [])
+            a.send("127.0.0.1", self.echo.port, b"contact again")
+            self.assertTrue(a.recv().endswith(b"contact again"))
+        self.session_line(a, r"udp_in=2 udp_out=2 udp_dropped=3")
+
+    def test_announced_client_port_is_enforced(self):
+        mine = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        mine.bind(("127.0.0.1", 0))
+        with Assoc(self.proxy, dst=("127.0.0.1", mine.getsockname()[1]), udp_sock=mine) as a, \
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other:
+            other.bind(("127.0.0.1", 0))
+            other.sendto(udp_header("127.0.0.1", self.echo.port) + b"wrong port", a.relay)
+            time.sleep(SHORT)
+            self.assertEqual(self.echo.received(b"wrong port"), [])
+            a.send("127.0.0.1", self.echo.port, b"announced port")
+            self.assertTrue(a.recv().endswith(b"announced port"))
+
+    def test_closing_tcp_ends_the_association(self):
+        before = settled_fd_count(self.proxy)
+        a = Assoc(self.proxy)
+        a.send("127.0.0.1", self.echo.port, b"alive")
+        self.assertTrue(a.recv().endswith(b"alive"))
+        a.tcp.close()
+        # the relay port goes away: a datagram to it now draws an ICMP port unreachable
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        probe.connect(a.relay)
+
+        def refused():
+            try:
+                probe.send(udp_header("127.0.0.1", self.echo.port) + b"after close")
+                probe.settimeout(0.2)
+                probe.recv(100)
+            except ConnectionRefusedError:
+                return True
+            except socket.timeout:
+                pass
+            return False
+
+        h.wait_for(refused, 5 * h.SLOW, what="the relay port to close")
+        probe.close()
+        a.udp.close()
+        self.assertEqual(self.echo.received(b"after close"), [])
+        h.wait_for(lambda: fd_count(self.proxy.pid) <= before, 5 * h.SLOW,
+                   what=f"sockets back to {before}")
+
+    def test_client_data_on_the_tcp_connection_is_ignored(self):
+        with Assoc(self.proxy) as a:
+            a.tcp.sendall(b"junk on the control connection")
+            a.send("127.0.0.1", self.echo.port, b"still relayed")
+            self.assertTrue(a.recv().endswith(b"still relayed"))
+
+    def test_buffer_exhaustion_recovers(self):
+        """Datagrams waiting for a slow name hold the worker's buffers (256 per worker) until
+        the ring runs dry: reading stops (-ENOBUFS), the datagrams wait in the sockets, and
+        everything flows again once the name resolves and buffers come back."""
+        self.dns.add("slow-many.udp.test", a=["127.0.0.1"], delay=1.5)
+        assocs = []
+        try:
+            for i in range(160):
+                assocs.append(Assoc(self.proxy))
+            t0 = time.monotonic()
+            for i, a in enumerate(assocs):
+                for k in range(4):  # 640 datagrams held > 2 workers x 256 buffers
+                    a.send("slow-many.udp.test", self.echo.port, b"slow %d.%d" % (i, k))
+            c.wait_log(self.proxy, r"ran out of datagram buffers")
+            # a datagram to an address waits for a buffer too, and then goes through
+            probe = assocs[-1]
+            probe.send("127.0.0.1", self.echo.port, b"probe")
+            want = {i: sorted(udp_header("127.0.0.1", self.echo.port) + b"slow %d.%d" % (i, k)
+                              for k in range(4)) for i in range(len(assocs))}
+            got = {i: [] for i in range(len(assocs))}
+            probe_seen = False
+            for i, a in enumerate(assocs):
+                while len(got[i]) < 4:
+                    d = a.recv(timeout=20 * h.SLOW)
+                    if d.endswith(b"probe"):
+                        probe_seen = True
+                        continue
+                    got[i].append(d)
+                self.assertEqual(sorted(got[i]), want[i], f"association {i}")
+            if not probe_seen:
+                self.assertTrue(probe.recv(timeout=5 * h.SLOW).endswith(b"probe"))
+            self.assertGreater(time.monotonic() - t0, 1.0, "the name was slow")
+        finally:
+            for a in assocs:
+                a.close()
+
+    def test_many_associations_at_once(self):
+        settled_fd_count(self.proxy)
+        before = all_fd_count(self.proxy.pid)  # every descriptor: sockets, pipes, anything
+        n = 1000
+        tcps, udps, relays = [], [], []
+        try:
+            for i in range(n):
+                s = h.open_client(self.proxy)
+                tcps.append(s)
+                s.sendall(h.greeting() + h.request("0.0.0.0", 0, cmd=h.CMD_UDP))
+            for s in tcps:
+                self.assertEqual(h.recv_exact(s, 2), b"\x05\x00")
+                r = h.read_reply(s)
+                self.assertEqual(r.rep, h.REP_OK)
+                relays.append((r.host, r.port))
+                u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                u.bind(("127.0.0.1", 0))
+                u.setblocking(False)
+                udps.append(u)
+            self.assertEqual(len(set(relays)), n, "one relay port per association")
+            pending = {}
+            for i, (u, relay) in enumerate(zip(udps, relays)):
+                pending[u] = udp_header("127.0.0.1", self.echo.port) + b"association %d" % i
+                u.sendto(pending[u], relay)
+            poller = select.poll()
+            by_fd = {u.fileno(): u for u in udps}
+            for u in udps:
+                poller.register(u, select.POLLIN)
+            deadline = time.monotonic() + 30 * h.SLOW
+            resent = time.monotonic()
+            while pending and time.monotonic() < deadline:
+                for fd, _ev in poller.poll(500):
+                    u = by_fd[fd]
+                    data = u.recv(65535)
+                    if data == pending.get(u):
+                        del pending[u]
+                        poller.unregister(u)
+                if pending and time.monotonic() - resent > 2:
+                    # datagrams may be lost under load: ask again
+                    for u, d in pending.items():
+                        u.sendto(d, relays[udps.index(u)])
+                    resent = time.monotonic()
+            self.assertEqual(len(pending), 0, f"{len(pending)} associations got no answer")
+            # the TCP connection, the relay socket and the socket toward 127.0.0.1
+            self.assertGreaterEqual(all_fd_count(self.proxy.pid), before + 3 * n)
+        finally:
+            for s in tcps:
+                s.close()
+            for u in udps:
+                u.close()
+        h.wait_for(lambda: all_fd_count(self.proxy.pid) <= before, 20 * h.SLOW,
+                   what=f"descriptors back to {before}")
+
+
+@h.ringsocks_only
+class UdpIPv6ClientTest(h.ProxyTestCase):
+    """A client that reached the proxy over IPv6 gets an IPv6 relay."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.echo = UdpEcho()
+        super().setUpClass()
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            super().tearDownClass()
+        finally:
+            cls.echo.close()
+
+    def test_ipv6_relay(self):
+        p = h.Proxy(["--resolver", self.dns.addr], host="::1")
+        try:
+            with Assoc(p, udp_host="::1") as a:
+                self.assertEqual(a.reply.raw.hex(), reply_bytes("::1", a.reply.port).hex())
+                a.send("::1", self.echo.port, b"v6 to v6")
+                self.assertEqual(a.recv(), udp_header("::1", self.echo.port) + b"v6 to v6")
+                a.send("127.0.0.1", self.echo.port, b"v6 to v4")
+                self.assertEqual(a.recv(), udp_header("127.0.0.1", self.echo.port) + b"v6 to v4")
+        finally:
+            p.stop()
+
+
+@h.ringsocks_only
+class UdpIdleTest(h.ProxyTestCase):
+    proxy_args = ("--udp-idle-timeout", "1")
+
+    @classmethod
+    def setUpClass(cls):
+        cls.echo = UdpEcho()
+        super().setUpClass()
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            super().tearDownClass()
+        finally:
+            cls.echo.close()
+
+    def test_idle_association_ends(self):
+        with Assoc(self.proxy) as a:
+            t0 = time.monotonic()
+            data, how = h.read_to_close(a.tcp, timeout=10 * h.SLOW)
+            elapsed = time.monotonic() - t0
+            self.assertEqual(data, b"")
+            self.assertGreater(elapsed, 0.8)
+            self.assertLess(elapsed, 4 * h.SLOW)
+        c.wait_log(self.proxy, r"result=succeeded reason=idle .*udp_in=0 udp_out=0")
+
+    def test_traffic_keeps_it_alive(self):
+        with Assoc(self.proxy) as a:
+            t_end = time.monotonic() + 2.5
+            while time.monotonic() < t_end:
+                a.send("127.0.0.1", self.echo.port, b"keepalive")
+                self.assertTrue(a.recv().endswith(b"keepalive"))
+                time.sleep(0.3)
+            data, how = h.read_to_close(a.tcp, timeout=10 * h.SLOW)
+            self.assertEqual(data, b"")
+
+
+class DanteUdp(c.Dante):
+    """Dante allowing UDP ASSOCIATE (and the answers, 'udpreply') and BIND."""
+
+    def argv(self, port):
+        argv = super().argv(port)
+        with open(self.conf_path, "w") as f:
+            f.write(f"logoutput: {self.log_path}\n"
+                    f"internal: {self.host} port = {port}\n"
+                    "external: 127.0.0.1\n"
+                    "socksmethod: none\n"
+                    "clientmethod: none\n"
+                    "user.privileged: root\n"
+                    "user.unprivileged: nobody\n"
+                    "client pass {\n  from: 127.0.0.0/8 to: 0.0.0.0/0\n  log: error\n}\n"
+                    "socks pass {\n  from: 127.0.0.0/8 to: 0.0.0.0/0\n"
+                    "  command: bind connect udpassociate\n  log: error\n}\n"
+                    "socks pass {\n  from: 0.0.0.0/0 to: 127.0.0.0/8\n"
+                    "  command: bindreply udpreply\n  log: error\n}\n")
+        return argv
+
+
+@h.ringsocks_only
+class UdpThroughUpstreamsTest(unittest.TestCase):
+    """ringsocks as a forwarder in front of ringsocks and of Dante, and `ringsocks tunnel -U`
+    through both: datagrams reach the echo server and the answers come back."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.procs = []
+        cls.echo = UdpEcho()
+        try:
+            cls.direct = h.Proxy()
+            cls.procs.append(cls.direct)
+            cls.dante = DanteUdp()
+            cls.procs.append(cls.dante)
+            cls.f_rs = c.forwarder([cls.direct])
+            cls.procs.append(cls.f_rs)
+            cls.f_dante = c.forwarder([cls.dante])
+            cls.procs.append(cls.f_dante)
+            cls.t_rs = UdpTunnel(("127.0.0.1", cls.echo.port), cls.direct)
+            cls.procs.append(cls.t_rs)
+            cls.t_dante = UdpTunnel(("127.0.0.1", cls.echo.port), cls.dante)
+            cls.procs.append(cls.t_dante)
+            cls.t_idle = UdpTunnel(("127.0.0.1", cls.echo.port), cls.direct,
+                                   args=["--udp-idle-timeout", "1"])
+            cls.procs.append(cls.t_idle)
+        except BaseException:
+            for p in cls.procs:
+                p.kill()
+            cls.echo.close()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            c.stop_all(reversed(cls.procs))
+        finally:
+            cls.echo.close()
+
+    def check_forwarder(self, fwd, upstream_relay_host="127.0.0.1"):
+        with Assoc(fwd) as a:
+            # the reply names the forwarder's own relay socket
+            self.assertEqual(a.reply.raw.hex(), reply_bytes("127.0.0.1", a.reply.port).hex())
+            for host in ("127.0.0.1",):
+                payload = b"through the forwarder to " + host.encode()
+                a.send(host, self.echo.port, payload)
+                self.assertEqual(a.recv(), udp_header(host, self.echo.port) + payload)
+            big = os.urandom(30000)
+            a.send("127.0.0.1", self.echo.port, big)
+            self.assertEqual(a.recv(), udp_header("127.0.0.1", self.echo.port) + big)
+        port = a.cport
+        c.wait_log(fwd, rf"client=127\.0\.0\.1:{port} .*udp_in=2 udp_out=2 udp_dropped=0")
+
+    def test_forwarder_to_ringsocks(self):
+        self.check_forwarder(self.f_rs)
+        with Assoc(self.f_rs) as a:
+            a.send("::1", self.echo.port, b"v6 behind the upstream")
+            self.assertEqual(a.recv(), udp_header("::1", self.echo.port) + b"v6 behind the upstream")
+
+    def test_forwarder_to_dante(self):
+        self.check_forwarder(self.f_dante)
+
+    def test_forwarder_association_ends_with_the_client(self):
+        before = settled_fd_count(self.f_rs)
+        a = Assoc(self.f_rs)
+        a.send("127.0.0.1", self.echo.port, b"x")
+        self.assertTrue(a.recv().endswith(b"x"))
+        a.close()
+        h.wait_for(lambda: fd_count(self.f_rs.pid) <= before, 5 * h.SLOW,
+                   what=f"sockets back to {before}")
+
+    def check_tunnel(self, t):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s1, \
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s2:
+            for s in (s1, s2):
+                s.bind(("127.0.0.1", 0))
+                s.settimeout(5 * h.SLOW)
+            # the first datagrams wait while the association is set up
+            s1.sendto(b"first from s1", t.addr)
+            s2.sendto(b"first from s2", t.addr)
+            self.assertEqual(s1.recvfrom(65535), (b"first from s1", t.addr))
+            self.assertEqual(s2.recvfrom(65535), (b"first from s2", t.addr))
+            for i in range(20):
+                s1.sendto(b"s1 %d" % i, t.addr)
+                self.assertEqual(s1.recv(65535), b"s1 %d" % i)
+            big = os.urandom(20000)
+            s2.sendto(big, t.addr)
+            self.assertEqual(s2.recv(65535), big)
+
+    def test_tunnel_u_through_ringsocks(self):
+        self.check_tunnel(self.t_rs)
+
+    def test_tunnel_u_through_dante(self):
+        self.check_tunnel(self.t_dante)
+
+    def test_tunnel_u_session_ends_when_idle_and_comes_back(self):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            s.settimeout(5 * h.SLOW)
+            s.sendto(b"one", self.t_idle.addr)
+            self.assertEqual(s.recv(100), b"one")
+            sender = rf"client=127\.0\.0\.1:{s.getsockname()[1]} "
+            c.wait_log(self.t_idle, sender + r".*reason=idle .*udp_in=1 udp_out=1", timeout=5)
+            # a new association for the same sender
+            s.sendto(b"two", self.t_idle.addr)
+            self.assertEqual(s.recv(100), b"two")
+            h.wait_for(lambda: len(c.log_lines(self.t_idle, sender)) == 2, 5 * h.SLOW,
+                       what="the second session's line")
+
+
+class UdpTunnel(c.Tunnel):
+    """`ringsocks tunnel -U 127.0.0.1:PORT:DEST --via URL`; started once the UDP port is bound."""
+
+    def __init__(self, dest, via, args=(), **kw):
+        self.udp_dest = f"{h.host_literal(dest[0])}:{dest[1]}"
+        super().__init__([dest], via, args, **kw)
+
+    def argv(self, port):
+        argv = [h.BIN, "tunnel", "-U", f"127.0.0.1:{port}:{self.udp_dest}"]
+        for v in self.vias:
+            argv += ["--via", v]
+        return argv + ["-w", str(self.workers), "-v"] + list(self.args)
+
+    def start(self, listen_timeout=5.0 * h.SLOW):
+        import subprocess
+        import tempfile
+        self.ports = [h.unused_port()]
+        fd, self.stderr_path = tempfile.mkstemp(prefix="ringsocks-stderr-", suffix=".log")
+        h.Proxy.started.append(self.stderr_path)
+        self.proc = subprocess.Popen(self.argv(self.ports[0]), stdin=subprocess.DEVNULL,
+                                     stdout=fd, stderr=fd, preexec_fn=h._die_with_parent,
+                                     close_fds=True)
+        os.close(fd)
+        self.port = self.ports[0]
+        h.Proxy.alive.append(self)
+        h.Proxy.recent.append(self)
+        h.wait_for(lambda: "listening" in self.stderr() or self.proc.poll() is not None,
+                   listen_timeout, what="the tunnel to start")
+        if self.proc.poll() is not None:
+            raise AssertionError(f"tunnel did not start:\n{self.stderr()}")
+        return self
+
+
+if __name__ == "__main__":
+    h.main()
