@@ -117,7 +117,7 @@ int relay_init(struct worker *w, uint32_t slots)
 	if (w->cfg->relay_mode != RELAY_COPY && w->cfg->relay_mode != RELAY_HYBRID)
 		return 0;
 	b->count = RELAY_BUF_COUNT;
-	b->size = RELAY_BUF_SIZE;
+	b->size = w->cfg->relay_mode == RELAY_HYBRID ? RELAY_HYBRID_BUF_SIZE : RELAY_BUF_SIZE;
 	b->mask = (uint32_t)io_uring_buf_ring_mask(b->count);
 	ring_bytes = sizeof(struct io_uring_buf) * b->count;
 	/* liburing 2.3 has no io_uring_setup_buf_ring: map and register the ring ourselves */
@@ -585,9 +585,9 @@ static void copy_recv_done(struct worker *w, struct conn *c, int d, int res, uns
 		rd->qbytes += (uint32_t)res;
 		if (!(c->pending & CONN_OP_BIT(out_op(d))))
 			copy_send_head(w, c, d);
-		if (w->cfg->relay_mode == RELAY_HYBRID && (uint32_t)res >= RELAY_HYBRID_SWITCH &&
+		if (w->cfg->relay_mode == RELAY_HYBRID && (uint32_t)res == b->size &&
 		    (rd->flags & DIR_COPY)) {
-			/* a large read: this is bulk, splice the rest */
+			/* a read filled its buffer: this is bulk, splice the rest */
 			hybrid_to_splice(w, c, d);
 			return;
 		}

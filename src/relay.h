@@ -34,13 +34,13 @@ void pipe_pool_put(struct pipe_pool *p, int idx, int empty);
 
 /* The copy path's provided-buffer ring (one per worker, only in copy/hybrid mode). */
 #define RELAY_BGID 7
-/* hybrid: a direction whose recv returns this much at once is bulk and switches to splice.
- * Multishot recv on loopback rarely fills a whole 256 KiB buffer even during a bulk
- * transfer (it completes with what has arrived), so a full buffer is too late a signal. */
-#define RELAY_HYBRID_SWITCH (64u << 10)
-#define RELAY_BUF_SIZE      (256u << 10) /* 256 KiB: per-GB CPU close to splice with 1 MiB pipes */
-#define RELAY_BUF_COUNT     32
-#define RELAY_PAUSE_BYTES   (512u << 10) /* stop reading a direction with this much unsent */
+/* hybrid copies through 64 KiB buffers and switches a direction to splice once a read fills
+ * one: a multishot recv on loopback completes with what has arrived and rarely fills 256 KiB
+ * even in a bulk transfer, and smaller buffers keep the ring's memory small (2 MiB a worker). */
+#define RELAY_HYBRID_BUF_SIZE (64u << 10)
+#define RELAY_BUF_SIZE        (256u << 10) /* 256 KiB: per-GB CPU close to splice with 1 MiB pipes */
+#define RELAY_BUF_COUNT       32
+#define RELAY_PAUSE_BYTES     (512u << 10) /* stop reading a direction with this much unsent */
 
 struct relay_bufs {
 	struct io_uring_buf_ring *br;

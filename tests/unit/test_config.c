@@ -31,6 +31,7 @@ Test(config, defaults_listen_on_localhost_1080)
 	cr_assert_eq(cfg.nusers, 0);
 	cr_assert_eq(cfg.max_conns, 0);
 	cr_assert_str_empty(cfg.resolver);
+	cr_assert_eq(cfg.relay_mode, RELAY_HYBRID);
 	config_free(&cfg);
 }
 
