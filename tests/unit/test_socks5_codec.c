@@ -11,65 +11,7 @@
 
 #include <ringsocks/socks5.h>
 
-#define BYTES(...) ((const uint8_t[]){__VA_ARGS__}), sizeof((const uint8_t[]){__VA_ARGS__})
-
-static const char *hex(const uint8_t *p, size_t n, char *buf, size_t cap)
-{
-	size_t off = 0;
-
-	buf[0] = '\0';
-	for (size_t i = 0; i < n && off + 4 < cap; i++)
-		off += (size_t)snprintf(buf + off, cap - off, "%02x ", p[i]);
-	return buf;
-}
-
-/* n is what an encoder returned: it must be the length of want, and the bytes must match. */
-static void assert_bytes(const uint8_t *got, int n, const uint8_t *want, size_t want_len)
-{
-	char g[2048], w[2048];
-
-	cr_assert(n >= 0, "encoder failed: %d", n);
-	cr_assert((size_t)n == want_len && memcmp(got, want, want_len) == 0,
-	          "bytes differ\n got  %s\n want %s", hex(got, (size_t)n, g, sizeof(g)),
-	          hex(want, want_len, w, sizeof(w)));
-}
-
-static struct socks5_addr addr4(uint8_t a, uint8_t b, uint8_t c, uint8_t d, uint16_t port)
-{
-	struct socks5_addr x = {.atyp = SOCKS5_ATYP_IPV4, .len = 4, .port = port};
-
-	x.u.ipv4[0] = a;
-	x.u.ipv4[1] = b;
-	x.u.ipv4[2] = c;
-	x.u.ipv4[3] = d;
-	return x;
-}
-
-static struct socks5_addr addr6(const char *text, uint16_t port)
-{
-	struct socks5_addr x = {.atyp = SOCKS5_ATYP_IPV6, .len = 16, .port = port};
-
-	cr_assert_eq(inet_pton(AF_INET6, text, x.u.ipv6), 1);
-	return x;
-}
-
-static struct socks5_addr addr_name(const char *name, uint16_t port)
-{
-	struct socks5_addr x;
-
-	cr_assert_eq(socks5_addr_set_name(&x, name, strlen(name), port), 0);
-	return x;
-}
-
-static void assert_addr_eq(const struct socks5_addr *got, const struct socks5_addr *want)
-{
-	cr_assert_eq(got->atyp, want->atyp);
-	cr_assert_eq(got->len, want->len);
-	cr_assert_eq(got->port, want->port);
-	cr_assert_arr_eq(got->u.name, want->u.name, want->len);
-	if (want->atyp == SOCKS5_ATYP_DOMAIN)
-		cr_assert_eq(got->u.name[got->len], '\0', "name not NUL-terminated");
-}
+#include "testutil.h"
 
 /* ---- socks5_encode_request ---- */
 
@@ -78,8 +20,8 @@ Test(encode_request, writes_ipv4_connect_with_port_big_endian)
 	struct socks5_addr a = addr4(192, 168, 1, 2, 0x1F90);
 	uint8_t out[SOCKS5_MAX_REQUEST];
 
-	assert_bytes(out, socks5_encode_request(out, sizeof(out), SOCKS5_CMD_CONNECT, &a),
-	             BYTES(0x05, 0x01, 0x00, 0x01, 192, 168, 1, 2, 0x1F, 0x90));
+	assert_encoded(out, socks5_encode_request(out, sizeof(out), SOCKS5_CMD_CONNECT, &a),
+	               BYTES(0x05, 0x01, 0x00, 0x01, 192, 168, 1, 2, 0x1F, 0x90));
 }
 
 Test(encode_request, writes_ipv6_bind)
@@ -87,9 +29,9 @@ Test(encode_request, writes_ipv6_bind)
 	struct socks5_addr a = addr6("2001:db8::1", 443);
 	uint8_t out[SOCKS5_MAX_REQUEST];
 
-	assert_bytes(out, socks5_encode_request(out, sizeof(out), SOCKS5_CMD_BIND, &a),
-	             BYTES(0x05, 0x02, 0x00, 0x04, 0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0,
-	                   0, 0, 0, 0x01, 0x01, 0xBB));
+	assert_encoded(out, socks5_encode_request(out, sizeof(out), SOCKS5_CMD_BIND, &a),
+	               BYTES(0x05, 0x02, 0x00, 0x04, 0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0,
+	                     0, 0, 0, 0x01, 0x01, 0xBB));
 }
 
 Test(encode_request, writes_domain_udp_associate_with_length_prefix)
@@ -97,9 +39,9 @@ Test(encode_request, writes_domain_udp_associate_with_length_prefix)
 	struct socks5_addr a = addr_name("example.com", 53);
 	uint8_t out[SOCKS5_MAX_REQUEST];
 
-	assert_bytes(out, socks5_encode_request(out, sizeof(out), SOCKS5_CMD_UDP_ASSOCIATE, &a),
-	             BYTES(0x05, 0x03, 0x00, 0x03, 11, 'e', 'x', 'a', 'm', 'p', 'l', 'e', '.', 'c',
-	                   'o', 'm', 0x00, 0x35));
+	assert_encoded(out, socks5_encode_request(out, sizeof(out), SOCKS5_CMD_UDP_ASSOCIATE, &a),
+	               BYTES(0x05, 0x03, 0x00, 0x03, 11, 'e', 'x', 'a', 'm', 'p', 'l', 'e', '.',
+	                     'c', 'o', 'm', 0x00, 0x35));
 }
 
 Test(encode_request, writes_255_byte_domain_in_max_request_size)
@@ -115,8 +57,8 @@ Test(encode_request, writes_255_byte_domain_in_max_request_size)
 	memset(want + 5, 'a', 255);
 	want[260] = 0xFF;
 	want[261] = 0xFF;
-	assert_bytes(out, socks5_encode_request(out, sizeof(out), SOCKS5_CMD_CONNECT, &a), want,
-	             SOCKS5_MAX_REQUEST);
+	assert_encoded(out, socks5_encode_request(out, sizeof(out), SOCKS5_CMD_CONNECT, &a), want,
+	               SOCKS5_MAX_REQUEST);
 }
 
 Test(encode_request, passes_any_command_byte_through)
@@ -124,8 +66,8 @@ Test(encode_request, passes_any_command_byte_through)
 	struct socks5_addr a = addr4(1, 2, 3, 4, 5);
 	uint8_t out[SOCKS5_MAX_REQUEST];
 
-	assert_bytes(out, socks5_encode_request(out, sizeof(out), 0x09, &a),
-	             BYTES(5, 9, 0, 1, 1, 2, 3, 4, 0, 5));
+	assert_encoded(out, socks5_encode_request(out, sizeof(out), 0x09, &a),
+	               BYTES(5, 9, 0, 1, 1, 2, 3, 4, 0, 5));
 }
 
 Test(encode_request, rejects_unknown_atyp_and_wrong_lengths)
@@ -173,8 +115,8 @@ Test(encode_reply, writes_every_reply_code_with_zero_ipv4_bnd_when_bnd_is_null)
 	uint8_t out[SOCKS5_MAX_REPLY];
 
 	for (unsigned rep = 0; rep <= 8; rep++)
-		assert_bytes(out, socks5_encode_reply(out, sizeof(out), (uint8_t)rep, NULL),
-		             BYTES(5, (uint8_t)rep, 0, 1, 0, 0, 0, 0, 0, 0));
+		assert_encoded(out, socks5_encode_reply(out, sizeof(out), (uint8_t)rep, NULL),
+		               BYTES(5, (uint8_t)rep, 0, 1, 0, 0, 0, 0, 0, 0));
 }
 
 Test(encode_reply, writes_every_reply_code_for_every_address_type)
@@ -186,14 +128,14 @@ Test(encode_reply, writes_every_reply_code_for_every_address_type)
 	for (unsigned r = 0; r <= 8; r++) {
 		uint8_t rep = (uint8_t)r;
 
-		assert_bytes(out, socks5_encode_reply(out, sizeof(out), rep, &a4),
-		             BYTES(5, rep, 0, 1, 10, 0, 0, 1, 0x04, 0x38));
-		assert_bytes(
+		assert_encoded(out, socks5_encode_reply(out, sizeof(out), rep, &a4),
+		               BYTES(5, rep, 0, 1, 10, 0, 0, 1, 0x04, 0x38));
+		assert_encoded(
 		    out, socks5_encode_reply(out, sizeof(out), rep, &a6),
 		    BYTES(5, rep, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1));
-		assert_bytes(out, socks5_encode_reply(out, sizeof(out), rep, &an),
-		             BYTES(5, rep, 0, 3, 9, 'h', '.', 'e', 'x', 'a', 'm', 'p', 'l', 'e',
-		                   0xFF, 0xFF));
+		assert_encoded(out, socks5_encode_reply(out, sizeof(out), rep, &an),
+		               BYTES(5, rep, 0, 3, 9, 'h', '.', 'e', 'x', 'a', 'm', 'p', 'l', 'e',
+		                     0xFF, 0xFF));
 	}
 }
 

@@ -8,34 +8,7 @@
 
 #include <ringsocks/socks5.h>
 
-#define BOTH (SOCKS5_OFFER_NOAUTH | SOCKS5_OFFER_USERPASS)
-
-static const char *hex(const uint8_t *p, size_t n, char *buf, size_t cap)
-{
-	size_t off = 0;
-
-	buf[0] = '\0';
-	for (size_t i = 0; i < n && off + 4 < cap; i++)
-		off += (size_t)snprintf(buf + off, cap - off, "%02x ", p[i]);
-	return buf;
-}
-
-static void assert_bytes(const uint8_t *got, size_t n, const uint8_t *want, size_t want_len)
-{
-	char g[2048], w[2048];
-
-	cr_assert(n == want_len && (n == 0 || memcmp(got, want, want_len) == 0),
-	          "bytes differ\n got  %s\n want %s", hex(got, n, g, sizeof(g)),
-	          hex(want, want_len, w, sizeof(w)));
-}
-
-static void assert_addr_eq(const struct socks5_addr *got, const struct socks5_addr *want)
-{
-	cr_assert_eq(got->atyp, want->atyp);
-	cr_assert_eq(got->len, want->len);
-	cr_assert_eq(got->port, want->port);
-	cr_assert_arr_eq(got->u.name, want->u.name, want->len);
-}
+#include "testutil.h"
 
 struct stream {
 	uint8_t buf[4096];
@@ -132,13 +105,13 @@ static void handshake(struct socks5_client *c, struct socks5_server *s, const st
 	} while (moved);
 }
 
-static struct socks5_addr addr4(void)
+static struct socks5_addr dst_ipv4(void)
 {
 	return (struct socks5_addr){
 	    .atyp = SOCKS5_ATYP_IPV4, .len = 4, .port = 443, .u.ipv4 = {198, 51, 100, 7}};
 }
 
-static struct socks5_addr addr6(void)
+static struct socks5_addr dst_ipv6(void)
 {
 	return (struct socks5_addr){.atyp = SOCKS5_ATYP_IPV6,
 	                            .len = 16,
@@ -146,7 +119,7 @@ static struct socks5_addr addr6(void)
 	                            .u.ipv6 = {0x20, 0x01, 0x0d, 0xb8, [15] = 0x22}};
 }
 
-static struct socks5_addr addr_name(void)
+static struct socks5_addr dst_name(void)
 {
 	struct socks5_addr a;
 
@@ -175,7 +148,7 @@ static void check_connect(const struct socks5_addr *dst, const char *user, const
 	cr_assert_eq(o.cli, SOCKS5_REPLY);
 	cr_assert_eq(c.state, SOCKS5_CLI_DONE);
 	cr_assert_eq(s.req.cmd, SOCKS5_CMD_CONNECT);
-	assert_addr_eq(&s.req.dst, dst);
+	assert_addr_fields_eq(&s.req.dst, dst);
 	assert_bytes(s.raw, s.raw_len, want_req, (size_t)n);
 	/* both streams fully read: nothing left over on either side */
 	cr_assert_eq(o.c2s.pos, o.c2s.len);
@@ -186,7 +159,7 @@ static void check_connect(const struct socks5_addr *dst, const char *user, const
 
 Test(roundtrip, noauth_connect_for_each_address_type)
 {
-	struct socks5_addr a[3] = {addr4(), addr6(), addr_name()};
+	struct socks5_addr a[3] = {dst_ipv4(), dst_ipv6(), dst_name()};
 
 	for (int i = 0; i < 3; i++)
 		check_connect(&a[i], NULL, NULL, SOCKS5_OFFER_NOAUTH);
@@ -194,7 +167,7 @@ Test(roundtrip, noauth_connect_for_each_address_type)
 
 Test(roundtrip, userpass_connect_for_each_address_type)
 {
-	struct socks5_addr a[3] = {addr4(), addr6(), addr_name()};
+	struct socks5_addr a[3] = {dst_ipv4(), dst_ipv6(), dst_name()};
 
 	for (int i = 0; i < 3; i++)
 		check_connect(&a[i], "user", "pass", BOTH);
@@ -202,21 +175,21 @@ Test(roundtrip, userpass_connect_for_each_address_type)
 
 Test(roundtrip, client_with_credentials_uses_noauth_when_server_offers_only_that)
 {
-	struct socks5_addr a = addr4();
+	struct socks5_addr a = dst_ipv4();
 
 	check_connect(&a, "user", "pass", SOCKS5_OFFER_NOAUTH);
 }
 
 Test(roundtrip, client_without_credentials_uses_noauth_when_both_offered)
 {
-	struct socks5_addr a = addr_name();
+	struct socks5_addr a = dst_name();
 
 	check_connect(&a, NULL, NULL, BOTH);
 }
 
 Test(roundtrip, wrong_password_fails_both_sides_with_eacces)
 {
-	struct socks5_addr a = addr4();
+	struct socks5_addr a = dst_ipv4();
 	struct proxy p = {BOTH, "user", "pass", ok_reply, sizeof(ok_reply)};
 	struct socks5_client c;
 	struct socks5_server s;
@@ -233,7 +206,7 @@ Test(roundtrip, wrong_password_fails_both_sides_with_eacces)
 
 Test(roundtrip, client_without_credentials_refused_by_userpass_only_server)
 {
-	struct socks5_addr a = addr4();
+	struct socks5_addr a = dst_ipv4();
 	struct proxy p = {SOCKS5_OFFER_USERPASS, "user", "pass", ok_reply, sizeof(ok_reply)};
 	struct socks5_client c;
 	struct socks5_server s;
@@ -249,7 +222,7 @@ Test(roundtrip, client_without_credentials_refused_by_userpass_only_server)
 
 Test(roundtrip, failure_reply_reaches_client_as_econnaborted)
 {
-	struct socks5_addr a = addr_name();
+	struct socks5_addr a = dst_name();
 	uint8_t refused[SOCKS5_MAX_REPLY];
 	int n = socks5_encode_reply(refused, sizeof(refused), SOCKS5_REP_CONN_REFUSED, NULL);
 	struct proxy p = {BOTH, NULL, NULL, refused, (size_t)n};
@@ -268,7 +241,7 @@ Test(roundtrip, failure_reply_reaches_client_as_econnaborted)
 
 Test(roundtrip, bind_delivers_both_replies)
 {
-	struct socks5_addr a = addr6();
+	struct socks5_addr a = dst_ipv6();
 	struct proxy p = {BOTH, "user", "pass", bind_replies, sizeof(bind_replies)};
 	struct socks5_client c;
 	struct socks5_server s;
@@ -286,7 +259,7 @@ Test(roundtrip, bind_delivers_both_replies)
 
 Test(roundtrip, udp_associate_request_arrives)
 {
-	struct socks5_addr a = addr4();
+	struct socks5_addr a = dst_ipv4();
 	struct proxy p = {SOCKS5_OFFER_NOAUTH, NULL, NULL, ok_reply, sizeof(ok_reply)};
 	struct socks5_client c;
 	struct socks5_server s;
@@ -328,14 +301,14 @@ static void check_forward(const struct socks5_addr *dst, uint8_t cmd, int auth_f
 	cr_assert_eq(o2.cli, SOCKS5_REPLY);
 	assert_bytes(s2.raw, s2.raw_len, sent, sent_len);
 	cr_assert_eq(s2.req.cmd, cmd);
-	assert_addr_eq(&s2.req.dst, dst);
+	assert_addr_fields_eq(&s2.req.dst, dst);
 	/* the request was sent from s1's buffer, not from a copy */
 	cr_assert_eq(c2.raw_req, s1.raw);
 }
 
 Test(roundtrip, forwarded_raw_request_arrives_byte_identical)
 {
-	struct socks5_addr a[3] = {addr4(), addr6(), addr_name()};
+	struct socks5_addr a[3] = {dst_ipv4(), dst_ipv6(), dst_name()};
 
 	for (int i = 0; i < 3; i++)
 		for (uint8_t cmd = 1; cmd <= 3; cmd++)
@@ -376,7 +349,7 @@ Test(roundtrip, longest_credentials_and_name)
 	cr_assert_eq(o.srv, SOCKS5_REQUEST);
 	cr_assert_eq(o.cli, SOCKS5_REPLY);
 	cr_assert_eq(s.raw_len, SOCKS5_MAX_REQUEST);
-	assert_addr_eq(&s.req.dst, &a);
+	assert_addr_fields_eq(&s.req.dst, &a);
 	/* greeting 4 + auth 513 + request 262 */
 	cr_assert_eq(o.c2s.len, 4 + SOCKS5_MAX_AUTH + SOCKS5_MAX_REQUEST);
 }

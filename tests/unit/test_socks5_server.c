@@ -8,27 +8,7 @@
 
 #include <ringsocks/socks5.h>
 
-#define BYTES(...) ((const uint8_t[]){__VA_ARGS__}), sizeof((const uint8_t[]){__VA_ARGS__})
-#define BOTH       (SOCKS5_OFFER_NOAUTH | SOCKS5_OFFER_USERPASS)
-
-static const char *hex(const uint8_t *p, size_t n, char *buf, size_t cap)
-{
-	size_t off = 0;
-
-	buf[0] = '\0';
-	for (size_t i = 0; i < n && off + 4 < cap; i++)
-		off += (size_t)snprintf(buf + off, cap - off, "%02x ", p[i]);
-	return buf;
-}
-
-static void assert_bytes(const uint8_t *got, size_t n, const uint8_t *want, size_t want_len)
-{
-	char g[2048], w[2048];
-
-	cr_assert(n == want_len && (n == 0 || memcmp(got, want, want_len) == 0),
-	          "bytes differ\n got  %s\n want %s", hex(got, n, g, sizeof(g)),
-	          hex(want, want_len, w, sizeof(w)));
-}
+#include "testutil.h"
 
 /* One feed call that must use exactly `want_used` bytes and return `want`. */
 static void feed_expect(struct socks5_server *s, const uint8_t *in, size_t len,

@@ -12,65 +12,7 @@
 
 #include <ringsocks/socks5.h>
 
-#define BYTES(...) ((const uint8_t[]){__VA_ARGS__}), sizeof((const uint8_t[]){__VA_ARGS__})
-
-static const char *hex(const uint8_t *p, size_t n, char *buf, size_t cap)
-{
-	size_t off = 0;
-
-	buf[0] = '\0';
-	for (size_t i = 0; i < n && off + 4 < cap; i++)
-		off += (size_t)snprintf(buf + off, cap - off, "%02x ", p[i]);
-	return buf;
-}
-
-/* n is what an encoder returned: it must be the length of want, and the bytes must match. */
-static void assert_bytes(const uint8_t *got, int n, const uint8_t *want, size_t want_len)
-{
-	char g[2048], w[2048];
-
-	cr_assert(n >= 0, "encoder failed: %d", n);
-	cr_assert((size_t)n == want_len && memcmp(got, want, want_len) == 0,
-	          "bytes differ\n got  %s\n want %s", hex(got, (size_t)n, g, sizeof(g)),
-	          hex(want, want_len, w, sizeof(w)));
-}
-
-static struct socks5_addr addr4(uint8_t a, uint8_t b, uint8_t c, uint8_t d, uint16_t port)
-{
-	struct socks5_addr x = {.atyp = SOCKS5_ATYP_IPV4, .len = 4, .port = port};
-
-	x.u.ipv4[0] = a;
-	x.u.ipv4[1] = b;
-	x.u.ipv4[2] = c;
-	x.u.ipv4[3] = d;
-	return x;
-}
-
-static struct socks5_addr addr6(const char *text, uint16_t port)
-{
-	struct socks5_addr x = {.atyp = SOCKS5_ATYP_IPV6, .len = 16, .port = port};
-
-	cr_assert_eq(inet_pton(AF_INET6, text, x.u.ipv6), 1);
-	return x;
-}
-
-static struct socks5_addr addr_name(const char *name, size_t len, uint16_t port)
-{
-	struct socks5_addr x;
-
-	cr_assert_eq(socks5_addr_set_name(&x, name, len, port), 0);
-	return x;
-}
-
-static void assert_same_addr(const struct socks5_addr *got, const struct socks5_addr *want)
-{
-	cr_assert_eq(got->atyp, want->atyp);
-	cr_assert_eq(got->len, want->len);
-	cr_assert_eq(got->port, want->port);
-	cr_assert_arr_eq(got->u.name, want->u.name, want->len);
-	if (want->atyp == SOCKS5_ATYP_DOMAIN)
-		cr_assert_eq(got->u.name[want->len], '\0', "name not NUL-terminated");
-}
+#include "testutil.h"
 
 /* Decoding in[0..len) must fail with exactly err and leave *h and *header_len alone. */
 static void decode_fails(const uint8_t *in, size_t len, int err)
@@ -94,8 +36,8 @@ Test(udp_encode, ipv4_header_is_rsv_frag_atyp_addr_port)
 	struct socks5_addr a = addr4(192, 0, 2, 1, 0x1F90);
 	uint8_t out[SOCKS5_UDP_MAX_HEADER];
 
-	assert_bytes(out, socks5_udp_encode_header(out, sizeof(out), 0, &a),
-	             BYTES(0, 0, 0, 1, 192, 0, 2, 1, 0x1F, 0x90));
+	assert_encoded(out, socks5_udp_encode_header(out, sizeof(out), 0, &a),
+	               BYTES(0, 0, 0, 1, 192, 0, 2, 1, 0x1F, 0x90));
 }
 
 Test(udp_encode, ipv6_header_is_22_bytes)
@@ -103,22 +45,22 @@ Test(udp_encode, ipv6_header_is_22_bytes)
 	struct socks5_addr a = addr6("2001:db8::1:2", 53);
 	uint8_t out[SOCKS5_UDP_MAX_HEADER];
 
-	assert_bytes(
+	assert_encoded(
 	    out, socks5_udp_encode_header(out, sizeof(out), 0, &a),
 	    BYTES(0, 0, 0, 4, 0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 2, 0, 53));
 }
 
 Test(udp_encode, name_header_is_7_plus_len_bytes)
 {
-	struct socks5_addr a = addr_name("example.org", 11, 443);
+	struct socks5_addr a = addr_name_len("example.org", 11, 443);
 	uint8_t out[SOCKS5_UDP_MAX_HEADER];
 
-	assert_bytes(out, socks5_udp_encode_header(out, sizeof(out), 0, &a),
-	             BYTES(0, 0, 0, 3, 11, 'e', 'x', 'a', 'm', 'p', 'l', 'e', '.', 'o', 'r', 'g',
-	                   0x01, 0xBB));
-	a = addr_name("x", 1, 0xFFFF);
-	assert_bytes(out, socks5_udp_encode_header(out, sizeof(out), 0, &a),
-	             BYTES(0, 0, 0, 3, 1, 'x', 0xFF, 0xFF));
+	assert_encoded(out, socks5_udp_encode_header(out, sizeof(out), 0, &a),
+	               BYTES(0, 0, 0, 3, 11, 'e', 'x', 'a', 'm', 'p', 'l', 'e', '.', 'o', 'r', 'g',
+	                     0x01, 0xBB));
+	a = addr_name_len("x", 1, 0xFFFF);
+	assert_encoded(out, socks5_udp_encode_header(out, sizeof(out), 0, &a),
+	               BYTES(0, 0, 0, 3, 1, 'x', 0xFF, 0xFF));
 }
 
 Test(udp_encode, writes_frag_as_given)
@@ -126,12 +68,12 @@ Test(udp_encode, writes_frag_as_given)
 	struct socks5_addr a = addr4(10, 0, 0, 1, 1);
 	uint8_t out[SOCKS5_UDP_MAX_HEADER];
 
-	assert_bytes(out, socks5_udp_encode_header(out, sizeof(out), 1, &a),
-	             BYTES(0, 0, 1, 1, 10, 0, 0, 1, 0, 1));
-	assert_bytes(out, socks5_udp_encode_header(out, sizeof(out), 0x83, &a),
-	             BYTES(0, 0, 0x83, 1, 10, 0, 0, 1, 0, 1));
-	assert_bytes(out, socks5_udp_encode_header(out, sizeof(out), 0xFF, &a),
-	             BYTES(0, 0, 0xFF, 1, 10, 0, 0, 1, 0, 1));
+	assert_encoded(out, socks5_udp_encode_header(out, sizeof(out), 1, &a),
+	               BYTES(0, 0, 1, 1, 10, 0, 0, 1, 0, 1));
+	assert_encoded(out, socks5_udp_encode_header(out, sizeof(out), 0x83, &a),
+	               BYTES(0, 0, 0x83, 1, 10, 0, 0, 1, 0, 1));
+	assert_encoded(out, socks5_udp_encode_header(out, sizeof(out), 0xFF, &a),
+	               BYTES(0, 0, 0xFF, 1, 10, 0, 0, 1, 0, 1));
 }
 
 Test(udp_encode, rsv_is_zero_even_over_a_dirty_buffer)
@@ -140,8 +82,8 @@ Test(udp_encode, rsv_is_zero_even_over_a_dirty_buffer)
 	uint8_t out[SOCKS5_UDP_MAX_HEADER];
 
 	memset(out, 0xEE, sizeof(out));
-	assert_bytes(out, socks5_udp_encode_header(out, sizeof(out), 0, &a),
-	             BYTES(0, 0, 0, 1, 1, 2, 3, 4, 0, 5));
+	assert_encoded(out, socks5_udp_encode_header(out, sizeof(out), 0, &a),
+	               BYTES(0, 0, 0, 1, 1, 2, 3, 4, 0, 5));
 	cr_assert_eq(out[10], 0xEE, "wrote past the header");
 }
 
@@ -153,7 +95,7 @@ Test(udp_encode, a_255_byte_name_fills_the_maximum_header)
 
 	cr_assert_eq(SOCKS5_UDP_MAX_HEADER, 262);
 	memset(name, 'n', sizeof(name));
-	a = addr_name(name, sizeof(name), 0x0102);
+	a = addr_name_len(name, sizeof(name), 0x0102);
 	want[0] = 0;
 	want[1] = 0;
 	want[2] = 0;
@@ -162,7 +104,7 @@ Test(udp_encode, a_255_byte_name_fills_the_maximum_header)
 	memset(want + 5, 'n', 255);
 	want[260] = 1;
 	want[261] = 2;
-	assert_bytes(out, socks5_udp_encode_header(out, sizeof(out), 0, &a), want, sizeof(want));
+	assert_encoded(out, socks5_udp_encode_header(out, sizeof(out), 0, &a), want, sizeof(want));
 }
 
 Test(udp_encode, rejects_malformed_addresses_with_einval)
@@ -190,7 +132,7 @@ Test(udp_encode, rejects_malformed_addresses_with_einval)
 	cr_assert_eq(socks5_udp_encode_header(out, sizeof(out), 0, &a), -EINVAL);
 	a.len = 17;
 	cr_assert_eq(socks5_udp_encode_header(out, sizeof(out), 0, &a), -EINVAL);
-	a = addr_name("x", 1, 5);
+	a = addr_name_len("x", 1, 5);
 	a.len = 0;
 	cr_assert_eq(socks5_udp_encode_header(out, sizeof(out), 0, &a), -EINVAL);
 }
@@ -214,8 +156,8 @@ Test(udp_encode, enospc_at_every_cap_below_the_length_and_nothing_written)
 	memset(name, 'q', sizeof(name));
 	addrs[0] = addr4(1, 2, 3, 4, 5);
 	addrs[1] = addr6("fe80::1", 5);
-	addrs[2] = addr_name("abc", 3, 5);
-	addrs[3] = addr_name(name, sizeof(name), 5);
+	addrs[2] = addr_name_len("abc", 3, 5);
+	addrs[3] = addr_name_len(name, sizeof(name), 5);
 	for (int i = 0; i < 4; i++) {
 		for (int cap = 0; cap < lens[i]; cap++) {
 			memset(out, 0xEE, sizeof(out));
@@ -262,7 +204,7 @@ Test(udp_decode, ipv6_fields)
 
 	cr_assert_eq(socks5_udp_decode(d, sizeof(d), &h, &hl), 0);
 	cr_assert_eq(h.frag, 0);
-	assert_same_addr(&h.addr, &want);
+	assert_addr_eq(&h.addr, &want);
 	cr_assert_eq(hl, 22);
 }
 
@@ -443,7 +385,7 @@ static void round_trip(const struct socks5_addr *a, uint8_t frag, const uint8_t 
 	cr_assert_eq(socks5_udp_decode(dgram, (size_t)n + data_len, &h, &hl), 0);
 	cr_assert_eq(hl, (size_t)n);
 	cr_assert_eq(h.frag, frag);
-	assert_same_addr(&h.addr, a);
+	assert_addr_eq(&h.addr, a);
 	if (data_len)
 		cr_assert_eq(memcmp(dgram + hl, data, data_len), 0);
 }
@@ -460,8 +402,8 @@ Test(udp_round_trip, every_address_type_with_and_without_data)
 	addrs[1] = addr4(255, 255, 255, 255, 65535);
 	addrs[2] = addr6("::", 1);
 	addrs[3] = addr6("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", 65534);
-	addrs[4] = addr_name("a", 1, 53);
-	addrs[5] = addr_name(big, sizeof(big), 4242);
+	addrs[4] = addr_name_len("a", 1, 53);
+	addrs[5] = addr_name_len(big, sizeof(big), 4242);
 	for (int i = 0; i < 6; i++) {
 		round_trip(&addrs[i], 0, NULL, 0, lens[i]);
 		round_trip(&addrs[i], 0, payload, sizeof(payload), lens[i]);
@@ -478,12 +420,12 @@ Test(udp_round_trip, the_maximum_header_decodes_to_max_header_len)
 	size_t hl = 0;
 
 	memset(big, 'm', sizeof(big));
-	a = addr_name(big, sizeof(big), 1);
+	a = addr_name_len(big, sizeof(big), 1);
 	cr_assert_eq(socks5_udp_encode_header(dgram, sizeof(dgram), 0, &a), SOCKS5_UDP_MAX_HEADER);
 	cr_assert_eq(socks5_udp_decode(dgram, sizeof(dgram), &h, &hl), 0);
 	cr_assert_eq(hl, SOCKS5_UDP_MAX_HEADER);
 	cr_assert_eq(strlen(h.addr.u.name), 255);
-	assert_same_addr(&h.addr, &a);
+	assert_addr_eq(&h.addr, &a);
 }
 
 /* ---- the relay address after UDP ASSOCIATE ---- */
@@ -744,9 +686,9 @@ Test(udp_handshake, noauth_associate_fed_byte_by_byte)
 
 	cr_assert_eq(socks5_client_init(&c, SOCKS5_CMD_UDP_ASSOCIATE, &any, NULL, NULL), 0);
 	cr_assert_eq(socks5_client_start(&c), SOCKS5_SEND);
-	assert_bytes(c.out, c.out_len, BYTES(5, 1, 0));
+	assert_encoded(c.out, c.out_len, BYTES(5, 1, 0));
 	cr_assert_eq(feed_bytewise(&c, BYTES(5, 0)), SOCKS5_SEND);
-	assert_bytes(c.out, c.out_len, BYTES(5, 3, 0, 1, 0, 0, 0, 0, 0, 0));
+	assert_encoded(c.out, c.out_len, BYTES(5, 3, 0, 1, 0, 0, 0, 0, 0, 0));
 	cr_assert_eq(feed_bytewise(&c, BYTES(5, 0, 0, 1, 0, 0, 0, 0, 0x1F, 0x41)), SOCKS5_REPLY);
 	cr_assert_eq(c.state, SOCKS5_CLI_DONE);
 	cr_assert_eq(c.reply, SOCKS5_REP_SUCCEEDED);
@@ -769,13 +711,13 @@ Test(udp_handshake, userpass_associate_with_ipv6_bnd_fed_byte_by_byte)
 
 	cr_assert_eq(socks5_client_init(&c, SOCKS5_CMD_UDP_ASSOCIATE, &from, "al", "pw"), 0);
 	cr_assert_eq(socks5_client_start(&c), SOCKS5_SEND);
-	assert_bytes(c.out, c.out_len, BYTES(5, 2, 0, 2));
+	assert_encoded(c.out, c.out_len, BYTES(5, 2, 0, 2));
 	cr_assert_eq(feed_bytewise(&c, BYTES(5, 2)), SOCKS5_SEND);
-	assert_bytes(c.out, c.out_len, BYTES(1, 2, 'a', 'l', 2, 'p', 'w'));
+	assert_encoded(c.out, c.out_len, BYTES(1, 2, 'a', 'l', 2, 'p', 'w'));
 	cr_assert_eq(feed_bytewise(&c, BYTES(1, 0)), SOCKS5_SEND);
-	assert_bytes(c.out, c.out_len,
-	             BYTES(5, 3, 0, 4, 0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-	                   0x0c, 0x14, 0xE9));
+	assert_encoded(c.out, c.out_len,
+	               BYTES(5, 3, 0, 4, 0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+	                     0x0c, 0x14, 0xE9));
 	cr_assert_eq(feed_bytewise(&c, BYTES(5, 0, 0, 4, 0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0,
 	                                     0, 0, 0, 0, 0, 0x0d, 0x27, 0x10)),
 	             SOCKS5_REPLY);
@@ -788,7 +730,7 @@ Test(udp_handshake, userpass_associate_with_ipv6_bnd_fed_byte_by_byte)
 	    dgram, sizeof(dgram), 0,
 	    &(struct socks5_addr){
 	        .atyp = SOCKS5_ATYP_IPV4, .len = 4, .port = 53, .u.ipv4 = {9, 9, 9, 9}});
-	assert_bytes(dgram, n, BYTES(0, 0, 0, 1, 9, 9, 9, 9, 0, 53));
+	assert_encoded(dgram, n, BYTES(0, 0, 0, 1, 9, 9, 9, 9, 0, 53));
 	memcpy(dgram + n, "\x12\x34", 2);
 	cr_assert_eq(socks5_udp_decode(dgram, (size_t)n + 2, &h, &hl), 0);
 	cr_assert_eq(hl, 10);
