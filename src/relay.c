@@ -560,6 +560,23 @@ static void feed_starved(struct worker *w)
 
 static void hybrid_to_splice(struct worker *w, struct conn *c, int d);
 
+/* Hybrid: a read that fills its buffer, or two large reads in a row, mean a bulk transfer.
+ * (A multishot recv completes with what has arrived, so even bulk reads often fall short of
+ * a whole buffer; one large read alone may be a single big message.) */
+static int hybrid_is_bulk(struct relay_dir *rd, uint32_t n, uint32_t bufsize)
+{
+	if (n == bufsize)
+		return 1;
+	if (n < RELAY_HYBRID_LARGE) {
+		rd->flags &= (uint16_t)~DIR_LARGE_READ;
+		return 0;
+	}
+	if (rd->flags & DIR_LARGE_READ)
+		return 1;
+	rd->flags |= DIR_LARGE_READ;
+	return 0;
+}
+
 /* Hybrid: the copy phase of d is over (recv ended, queue sent): readiness and splice now. */
 static void start_splicing(struct worker *w, struct conn *c, int d)
 {
@@ -585,9 +602,9 @@ static void copy_recv_done(struct worker *w, struct conn *c, int d, int res, uns
 		rd->qbytes += (uint32_t)res;
 		if (!(c->pending & CONN_OP_BIT(out_op(d))))
 			copy_send_head(w, c, d);
-		if (w->cfg->relay_mode == RELAY_HYBRID && (uint32_t)res == b->size &&
-		    (rd->flags & DIR_COPY)) {
-			/* a read filled its buffer: this is bulk, splice the rest */
+		if (w->cfg->relay_mode == RELAY_HYBRID && (rd->flags & DIR_COPY) &&
+		    hybrid_is_bulk(rd, (uint32_t)res, b->size)) {
+			/* bulk: splice the rest */
 			hybrid_to_splice(w, c, d);
 			return;
 		}

@@ -38,6 +38,7 @@ void pipe_pool_put(struct pipe_pool *p, int idx, int empty);
  * one: a multishot recv on loopback completes with what has arrived and rarely fills 256 KiB
  * even in a bulk transfer, and smaller buffers keep the ring's memory small (2 MiB a worker). */
 #define RELAY_HYBRID_BUF_SIZE (64u << 10)
+#define RELAY_HYBRID_LARGE    (16u << 10)  /* a "large" read for hybrid_is_bulk */
 #define RELAY_BUF_SIZE        (256u << 10) /* 256 KiB: per-GB CPU close to splice with 1 MiB pipes */
 #define RELAY_BUF_COUNT       32
 #define RELAY_PAUSE_BYTES     (512u << 10) /* stop reading a direction with this much unsent */
