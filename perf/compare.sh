@@ -3,7 +3,7 @@
 # in one run, on loopback only. See perf/README.md.
 #
 #   perf/compare.sh [--quick] [--out DIR] [--only ringsocks,dante,microsocks] [--rounds N]
-#                   [--duration S] [--idle N] [--workloads session,wrk,bulk,idle] [--no-build]
+#                   [--duration S] [--idle N] [--workloads session,wrk,bulk,idle,udp] [--no-build]
 #   perf/compare.sh --report DIR     rebuild DIR's table, JSON and chart from its raw.tsv
 #
 # Workloads (each a function wl_NAME; candidates interleaved round-robin within a workload):
@@ -11,7 +11,7 @@
 #   wrk      wrk -t1 -c32 keep-alive GET /small through `ringsocks tunnel` in front of each proxy
 #   bulk     socksbench bulk mode: 4 clients downloading /large (256 MiB)
 #   idle     N idle relays held through each proxy (perf/idlehold.py); RSS, PSS, pipes, kernel
-#   udp      hook only (UDP ASSOCIATE is not implemented in ringsocks yet)
+#   udp      socksbench udp mode: UDP ASSOCIATE, datagrams to socksbench --udp-echo (no microsocks)
 # Every proxy's CPU (utime+stime of all its processes and threads, reaped children included)
 # is read from /proc before and after each measurement.
 # Output in DIR: table.md (also printed), results.json (all raw numbers), chart.png, logs/.
@@ -45,12 +45,13 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
+DURATION_GIVEN=${DURATION:+1}
 if [ "$QUICK" = 1 ]; then
   : "${ROUNDS:=1}" "${DURATION:=2}" "${IDLE_N:=2000}"
 else
   : "${ROUNDS:=3}" "${DURATION:=5}" "${IDLE_N:=8000}"
 fi
-: "${WORKLOADS:=session,wrk,bulk,idle}"
+: "${WORKLOADS:=session,wrk,bulk,idle,udp}"
 for v in ROUNDS DURATION IDLE_N; do
   [[ ${!v} =~ ^[0-9]+$ ]] && [ "${!v}" -gt 0 ] || { echo "compare.sh: bad $v '${!v}'" >&2; exit 2; }
 done
@@ -70,6 +71,16 @@ RS_WORKERS=${RS_WORKERS:-2}      # ringsocks -w
 TUNNEL_WORKERS=${TUNNEL_WORKERS:-1}
 DANTE_MOTHERS=${DANTE_MOTHERS:-1} # danted -N (its children are forked on demand)
 IDLE_WAIT=${IDLE_WAIT:-2}        # seconds between "all established" and the measurement
+UDP_C=${UDP_C:-8}                # socksbench udp clients (one association each)
+UDP_T=${UDP_T:-1}                # socksbench threads for them
+UDP_SIZE=${UDP_SIZE:-64}         # payload bytes a datagram
+UDP_WINDOW=${UDP_WINDOW:-16}     # datagrams in flight per client
+UDP_ECHO_T=${UDP_ECHO_T:-1}      # threads of the UDP echo server
+UDP_D=${UDP_D:-}                 # seconds of a udp measurement (--duration; 1 with --quick alone)
+if [ -z "$UDP_D" ]; then
+  if [ "$QUICK" = 1 ] && [ -z "$DURATION_GIVEN" ]; then UDP_D=1; else UDP_D=$DURATION; fi
+fi
+[[ $UDP_D =~ ^[0-9]+$ ]] && [ "$UDP_D" -gt 0 ] && [ "$UDP_D" -le 120 ] || { echo "compare.sh: bad UDP_D '$UDP_D'" >&2; exit 2; }
 
 # ringsocks-MODE runs ringsocks with --relay MODE (splice, splice-sqe, copy, hybrid), so the
 # relay strategies can be compared side by side: --only ringsocks-splice,ringsocks-copy,...
@@ -162,6 +173,15 @@ row("wrk", "tunnel CPU (% of one core)", lambda c: None if c == "direct" or med(
 row("bulk", "bulk MB/s (%d clients)" % meta["bulk_clients"], lambda c: sb("bulk", c, "mbps"), True)
 row("bulk", "bulk errors (sum)", lambda c: sum(vals[("bulk", c, "sb.errors.total")]) if ("bulk", c, "sb.errors.total") in vals else None, False)
 row("bulk", "CPU s / GB relayed", lambda c: None if c == "direct" else per_round("bulk", c, "proxy_cpu_s", byte_keys, 1e9), False, "%.2f")
+def udp_rtt_p99(c):
+    v = med("udp", c, "sb.latency_us.rtt.p99")
+    return v / 1000.0 if v is not None else None
+row("udp", "udp datagrams/s (%s clients x window %s, %s B, %s s)" % (meta.get("udp_clients", "?"), meta.get("udp_window", "?"),
+                                                                    meta.get("udp_size", "?"), meta.get("udp_duration_s", meta["duration_s"])),
+    lambda c: med("udp", c, "sb.udp.datagrams_per_s"), True)
+row("udp", "udp loss (%)", lambda c: med("udp", c, "sb.udp.loss_pct"), False, "%.3f")
+row("udp", "udp RTT p99 (ms)", udp_rtt_p99, False, "%.2f")
+row("udp", "CPU s / 1M datagrams (each echoed)", lambda c: None if c == "direct" else per_round("udp", c, "proxy_cpu_s", ["sb.udp.sent"], 1e6), False, "%.2f")
 n_idle = meta["idle_connections"]
 row("idle", "idle relays established (of %d)" % n_idle, lambda c: med("idle", c, "established"), True)
 row("idle", "RSS with idle relays (MiB)", lambda c: per(med("idle", c, "rss_kib"), 1024), False, "%.1f")
@@ -238,6 +258,7 @@ colors = {"direct": "#999999", "ringsocks": "#cc3311", "dante": "#0077bb", "micr
 panels = [("sessions/s", lambda c: sb("session", c, "rate"), False),
           ("keep-alive req/s (wrk via tunnel)", lambda c: med("wrk", c, "req_per_s"), False),
           ("bulk MB/s", lambda c: sb("bulk", c, "mbps"), False),
+          ("udp datagrams/s", lambda c: med("udp", c, "sb.udp.datagrams_per_s"), False),
           ("proxy RSS MiB, %d idle relays (log)" % n_idle, lambda c: per(med("idle", c, "rss_kib"), 1024), True)]
 panels = [p for p in panels if any(p[1](c) is not None for c in cands)]
 if panels:
@@ -567,6 +588,20 @@ python3 "$ROOT/perf/idlehold.py" serve --listen 127.0.0.1:"$SINK_PORT" --ready "
 SINK_PID=$!; STARTED+=("$SINK_PID")
 wait_port "$SINK_PORT" "$SINK_PID" idlesink || exit 1
 
+# The UDP echo server (socksbench --udp-echo, port 0: it says which on its first line).
+UDP_ECHO_PORT=
+if [ -n "$SOCKSBENCH" ] && [[ ",$WORKLOADS," == *,udp,* ]]; then
+  (clean_exec "$SOCKSBENCH" --udp-echo 127.0.0.1:0 -t "$UDP_ECHO_T" >"$OUT/logs/udp-echo.log" 2>&1) &
+  UDP_ECHO_PID=$!; STARTED+=("$UDP_ECHO_PID")
+  for i in $(seq 1 50); do
+    UDP_ECHO_PORT=$(sed -n 's/^socksbench: udp echo on 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$OUT/logs/udp-echo.log")
+    [ -z "$UDP_ECHO_PORT" ] || break
+    alive "$UDP_ECHO_PID" || break
+    sleep 0.1
+  done
+  [ -n "$UDP_ECHO_PORT" ] || note "the UDP echo server did not start (logs/udp-echo.log); udp skipped"
+fi
+
 declare -A PPORT PPID_ TPORT TPID DEAD RESTARTS
 start_ringsocks() {
   (clean_exec "$RINGSOCKS" -l 127.0.0.1:"$1" -w "$RS_WORKERS" "${@:2}" >>"$OUT/logs/ringsocks.log" 2>&1) &
@@ -587,6 +622,8 @@ start_dante() {
     echo "timeout.io: 0"
     echo "client pass { from: 127.0.0.0/8 to: 0.0.0.0/0 }"
     echo "socks pass { from: 127.0.0.0/8 to: 127.0.0.0/8 command: connect }"
+    echo "socks pass { from: 127.0.0.0/8 to: 0.0.0.0/0 command: udpassociate }"
+    echo "socks pass { from: 0.0.0.0/0 to: 127.0.0.0/8 command: udpreply }"
   } >"$conf"
   (export TMPDIR=$WORK/dante-tmp; clean_exec danted -f "$conf" -N "$DANTE_MOTHERS" -p "$WORK/danted.pid" >>"$OUT/logs/dante.log" 2>&1) &
   STARTED_PID=$!
@@ -811,9 +848,28 @@ wl_idle() {
   sleep 0.5
 }
 
-wl_udp() { # Hook: datagram rate and loss through the proxy (UDP ASSOCIATE). Not implemented yet.
-  [ "$2" = 1 ] && [ "$1" = direct ] && note "udp: not implemented (ringsocks has no UDP ASSOCIATE yet); skipped"
-  return 0
+# udp: each of UDP_C clients holds one UDP ASSOCIATE (direct: a plain UDP socket) and keeps
+# UDP_WINDOW datagrams of UDP_SIZE bytes in flight to the echo server for UDP_D seconds;
+# datagrams/s echoed, loss (sent - received after a 0.5 s drain; 1 s loss timeout), RTT p99.
+wl_udp() {
+  local c=$1 r=$2 j=$OUT/logs/udp-$1-$2.json
+  [ -n "$SOCKSBENCH" ] && [ -n "$UDP_ECHO_PORT" ] || return 0
+  if [ "$c" = microsocks ]; then
+    [ "$r" != 1 ] || note "udp: microsocks has no UDP ASSOCIATE; not measured"
+    return 0
+  fi
+  # shellcheck disable=SC2046
+  measure udp "$c" "$r" "$OUT/logs/udp-$c-$r.log" "$SOCKSBENCH" --mode udp $(sb_args "$c") \
+    --target 127.0.0.1:"$UDP_ECHO_PORT" -c "$UDP_C" -t "$UDP_T" -d "$UDP_D" --size "$UDP_SIZE" \
+    --window "$UDP_WINDOW" --timeout 5 --json "$j"
+  [ "$MEASURED_OK" = 1 ] || return 0
+  sb_record udp "$c" "$r" "$j"
+  [ -s "$j" ] || return 0
+  python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); e=d["errors"]; u=d["udp"]
+if e["total"] or u["bad"] or u["send_errors"]:
+    print("%d association errors (connect %d, handshake %d, io %d, timeout %d), %d bad datagrams, %d send errors"
+          % (e["total"], e["connect"], e["handshake"], e["io"], e["timeout"], u["bad"], u["send_errors"]))' "$j" \
+    | { read -r e || true; [ -z "$e" ] || note "udp/$c round $r: $e"; }
 }
 
 sb_record() { # WORKLOAD CAND ROUND JSON: socksbench's numbers
@@ -844,6 +900,7 @@ cat >"$OUT/meta.json" <<JSON
 {"quick": $QUICK, "rounds": $ROUNDS, "duration_s": $DURATION, "idle_connections": $IDLE_N,
  "idle_wait_s": $IDLE_WAIT, "session_clients": $SESSION_C, "session_threads": $SESSION_T,
  "wrk_connections": $WRK_C, "bulk_clients": $BULK_C, "bulk_threads": $BULK_T, "large_mib": $LARGE_MIB, "small_bytes": $SMALL_B,
+ "udp_clients": $UDP_C, "udp_threads": $UDP_T, "udp_size": $UDP_SIZE, "udp_window": $UDP_WINDOW, "udp_echo_threads": $UDP_ECHO_T, "udp_duration_s": $UDP_D,
  "ringsocks_workers": $RS_WORKERS, "tunnel_workers": $TUNNEL_WORKERS, "dante_mothers": $DANTE_MOTHERS,
  "subject": "$SUBJECT", "candidates": "$(IFS=,; echo "${CANDS[*]}")", "workloads": "$WORKLOADS",
  "elapsed_s": $ELAPSED, "date": "$(date -Is)", "kernel": "$(uname -r)", "cpus": $(nproc),

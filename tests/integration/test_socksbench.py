@@ -1,9 +1,13 @@
 """socksbench (perf/socksbench.c) counts what it claims: exact byte counts through ringsocks and
 direct (download and upload), every failed handshake as an error (fake SOCKS servers), a short
-session-rate run with JSON output, and exit code 2 for bad arguments."""
+session-rate run with JSON output, UDP mode through ringsocks' UDP ASSOCIATE and direct against
+`socksbench --udp-echo` (datagrams counted, none lost on loopback, payload bytes exact), and exit
+code 2 for bad arguments."""
 
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +30,8 @@ ERROR_KEYS = {"total", "connect", "handshake", "io", "timeout", "handshake_detai
               "timeout_detail", "reply_codes"}
 HANDSHAKE_KEYS = {"method_rejected", "auth_failed", "reply_nonzero", "eof", "reset", "malformed"}
 LATENCY_KEYS = {"count", "min", "mean", "p50", "p90", "p99", "p999", "max"}
+UDP_KEYS = {"size", "window", "rate_limit", "loss_timeout_s", "drain_s", "sent", "received", "lost",
+            "late", "bad", "send_errors", "datagrams_per_s", "sent_per_s", "loss_pct"}
 
 
 def escaped(s):
@@ -385,6 +391,161 @@ class SessionRate(h.ProxyTestCase):
         self.assertEqual(r["errors"]["handshake_detail"]["auth_failed"], 5, r)
 
 
+class UdpEcho:
+    """`socksbench --udp-echo 127.0.0.1:0 ...` in the background; .port from its first line."""
+
+    def __init__(self, *extra):
+        self.proc = subprocess.Popen([SB, "--udp-echo", "127.0.0.1:0", *extra],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        line = self.proc.stdout.readline().decode()
+        m = re.fullmatch(r"socksbench: udp echo on 127\.0\.0\.1:(\d+)\n", line)
+        if not m:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"--udp-echo said {line!r}: {self.proc.stderr.read()!r}")
+        self.port = int(m.group(1))
+
+    def stop(self):
+        """SIGTERM; returns (exit status, the rest of stdout)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            out, _ = self.proc.communicate(timeout=5 * h.SLOW)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, _ = self.proc.communicate()
+        return self.proc.returncode, out.decode()
+
+
+class UdpCounts:
+    """Checks shared by the UDP runs through the proxy and direct."""
+
+    SIZE = 100
+    CLIENTS = 4
+
+    def assert_udp_run(self, r, direct):
+        u = r["udp"]
+        self.assertEqual(set(r), JSON_KEYS | {"udp"})
+        self.assertEqual(set(u), UDP_KEYS)
+        self.assertEqual(set(r["latency_us"]), {"session", "handshake", "rtt"})
+        self.assertEqual(r["mode"], "udp")
+        self.assertEqual(r["direct"], direct)
+        self.assertEqual(r["sessions"], self.CLIENTS, r)  # one association per client
+        self.assertEqual(r["sessions_started"], self.CLIENTS, r)
+        self.assertEqual(r["errors"]["total"], 0, r)
+        self.assertGreater(u["received"], 0, r)
+        self.assertEqual(u["sent"], u["received"] + u["lost"], u)
+        self.assertLessEqual(u["lost"], u["sent"] // 100, u)  # loopback: (almost) none
+        self.assertEqual(u["bad"], 0, u)
+        self.assertEqual(u["send_errors"], 0, u)
+        self.assertEqual(u["size"], self.SIZE)
+        self.assertEqual(r["bytes_read"], u["received"] * self.SIZE)  # payload, no header
+        self.assertEqual(r["bytes_written"], u["sent"] * self.SIZE)
+        rtt = r["latency_us"]["rtt"]
+        self.assertEqual(rtt["count"], u["received"])
+        self.assertTrue(0 < rtt["min"] <= rtt["p50"] <= rtt["p99"] <= rtt["p999"] <= rtt["max"],
+                        rtt)
+        self.assertAlmostEqual(u["datagrams_per_s"], u["received"] / r["elapsed_s"],
+                               delta=u["datagrams_per_s"] * 0.01 + 1)
+
+
+@h.ringsocks_only
+class UdpThroughProxy(UdpCounts, h.ProxyTestCase):
+    """About a second of --mode udp through ringsocks' UDP ASSOCIATE to --udp-echo."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.echo = UdpEcho()
+        try:
+            super().setUpClass()
+        except BaseException:
+            cls.echo.stop()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            super().tearDownClass()
+        finally:
+            cls.echo.stop()
+
+    def test_one_second_of_datagrams_through_ringsocks(self):
+        r = socksbench(["--mode", "udp", "--proxy", f"127.0.0.1:{self.proxy.port}",
+                        "--target", f"127.0.0.1:{self.echo.port}", "-d", 1, "-c", self.CLIENTS,
+                        "-t", 2, "--size", self.SIZE, "--window", 8], timeout=30)
+        self.assert_udp_run(r, direct=False)
+        self.assertEqual(r["latency_us"]["handshake"]["count"], self.CLIENTS)
+        self.assertTrue(0.9 <= r["elapsed_s"] < 2, r["elapsed_s"])
+
+    def test_n_datagrams_with_a_rate_limit_and_a_name_target(self):
+        """-n counts datagrams; --rate paces them (200/s: 100 take about half a second); the
+        target is sent as a name for the proxy to resolve."""
+        r = socksbench(["--mode", "udp", "--proxy", f"127.0.0.1:{self.proxy.port}",
+                        "--target", f"localhost:{self.echo.port}", "-n", 100, "--rate", 200,
+                        "-c", self.CLIENTS, "-t", 1, "--size", self.SIZE, "--pipeline",
+                        "--fail-on-error"], timeout=30)
+        self.assert_udp_run(r, direct=False)
+        self.assertEqual(r["udp"]["sent"], 100)
+        self.assertEqual(r["udp"]["received"], 100)
+        self.assertEqual(r["udp"]["rate_limit"], 200)
+        self.assertTrue(0.3 <= r["elapsed_s"] < 1.5, r["elapsed_s"])
+
+
+class UdpDirect(UdpCounts, unittest.TestCase):
+    """--mode udp --direct (plain datagrams, no SOCKS) and the echo server itself."""
+
+    def test_direct_datagrams_to_the_echo_server(self):
+        echo = UdpEcho()
+        try:
+            r = socksbench(["--mode", "udp", "--direct", "--target", f"127.0.0.1:{echo.port}",
+                            "-d", 0.5, "-c", self.CLIENTS, "-t", 2, "--size", self.SIZE],
+                           timeout=30)
+        finally:
+            rc, out = echo.stop()
+        self.assert_udp_run(r, direct=True)
+        self.assertEqual(r["latency_us"]["handshake"]["count"], 0)  # no handshake
+        self.assertEqual(rc, 0, out)
+        m = re.search(r"udp echo: (\d+) datagrams \((\d+) bytes\) echoed", out)
+        self.assertTrue(m, out)
+        self.assertGreaterEqual(int(m.group(1)), r["udp"]["received"])
+        self.assertEqual(int(m.group(2)), int(m.group(1)) * self.SIZE)
+
+    def test_echo_server_answers_each_sender_and_stops_after_d(self):
+        p = subprocess.Popen([SB, "--udp-echo", "127.0.0.1:0", "-d", "0.5", "-t", "2", "--json",
+                              "-"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            port = int(p.stdout.readline().decode().rsplit(":", 1)[1])
+            socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
+            for i, s in enumerate(socks):
+                s.settimeout(5)
+                s.sendto(b"ping %d" % i, ("127.0.0.1", port))
+            for i, s in enumerate(socks):
+                data, src = s.recvfrom(100)
+                self.assertEqual((data, src), (b"ping %d" % i, ("127.0.0.1", port)))
+                s.close()
+            out, err = p.communicate(timeout=5 * h.SLOW)  # -d 0.5: it stops by itself
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+        self.assertEqual(p.returncode, 0, err)
+        j = json.loads(out)
+        self.assertEqual((j["echoed"], j["bytes"], j["dropped"]), (3, 3 * 6, 0), j)
+
+    def test_lost_datagrams_end_the_run_and_count_as_lost(self):
+        """Nobody answers: each window slot is given up after --loss-timeout, the run ends on
+        time, sent = lost, and --fail-on-error says so."""
+        port = h.unused_port()
+        r = socksbench(["--mode", "udp", "--direct", "--target", f"127.0.0.1:{port}", "-d", 0.5,
+                        "-c", 2, "-t", 1, "--window", 4, "--loss-timeout", 0.2, "--drain", 0.1,
+                        "--fail-on-error"], expect_rc=1, timeout=30)
+        u = r["udp"]
+        self.assertEqual(u["received"], 0, u)
+        self.assertGreater(u["sent"], 8, u)  # the windows were refilled after each timeout
+        self.assertEqual(u["lost"], u["sent"], u)
+        self.assertLess(r["elapsed_s"], 1.5)
+
+
 class Arguments(unittest.TestCase):
     BAD = [
         [],
@@ -404,6 +565,14 @@ class Arguments(unittest.TestCase):
         ["--target", "x:1", "extra"],
         ["--target", "127.0.0.1:1", "--direct", "--pipeline"],
         ["--target", "x:1", "--proxy", "[::1:1080"],
+        ["--target", "x:1", "--size", "100"],
+        ["--target", "x:1", "--mode", "udp", "--size", "8"],
+        ["--target", "x:1", "--mode", "udp", "--window", "0"],
+        ["--target", "x:1", "--mode", "udp", "--rate", "-5"],
+        ["--target", "x:1", "--mode", "udp", "--request", "x"],
+        ["--target", "x:1", "--mode", "udp", "--bytes", "1K"],
+        ["--udp-echo", "127.0.0.1:0", "--target", "x:1"],
+        ["--udp-echo", "127.0.0.1"],
     ]
 
     def test_bad_arguments_exit_2_with_one_line(self):
@@ -423,9 +592,10 @@ class Arguments(unittest.TestCase):
         for flag in ("--mode", "--proxy", "--target", "--auth", "--direct", "--pipeline",
                      "--request", "--bytes", "--clients", "--threads", "--duration",
                      "--sessions", "--timeout", "--json", "--quiet", "--fail-on-error",
-                     "--help", "-c,", "-t,", "-d,", "-n,"):
+                     "--help", "-c,", "-t,", "-d,", "-n,", "--size", "--window", "--rate",
+                     "--loss-timeout", "--drain", "--udp-echo"):
             self.assertIn(flag, text)
-        for key in JSON_KEYS | ERROR_KEYS | HANDSHAKE_KEYS | LATENCY_KEYS:
+        for key in JSON_KEYS | ERROR_KEYS | HANDSHAKE_KEYS | LATENCY_KEYS | UDP_KEYS | {"rtt"}:
             self.assertIn(key, text)
 
 
