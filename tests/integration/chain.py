@@ -184,6 +184,28 @@ class Dante(ExternalProxy):
 # ringsocks
 
 
+
+class DanteAll(Dante):
+    """Dante allowing BIND (and its incoming connection, 'bindreply') and UDP ASSOCIATE (and its
+    answers, 'udpreply') besides CONNECT."""
+
+    def argv(self, port):
+        argv = super().argv(port)
+        with open(self.conf_path, "w") as f:
+            f.write(f"logoutput: {self.log_path}\n"
+                    f"internal: {self.host} port = {port}\n"
+                    "external: 127.0.0.1\n"
+                    "socksmethod: none\n"
+                    "clientmethod: none\n"
+                    "user.privileged: root\n"
+                    "user.unprivileged: nobody\n"
+                    "client pass {\n  from: 127.0.0.0/8 to: 0.0.0.0/0\n  log: error\n}\n"
+                    "socks pass {\n  from: 127.0.0.0/8 to: 0.0.0.0/0\n"
+                    "  command: bind connect udpassociate\n  log: error\n}\n"
+                    "socks pass {\n  from: 0.0.0.0/0 to: 127.0.0.0/8\n"
+                    "  command: bindreply udpreply\n  log: error\n}\n")
+        return argv
+
 def forwarder(upstreams, args=(), **kw):
     """ringsocks in forwarder mode: one --upstream per entry (URL string, h.Proxy, or
     ((host, port), auth))."""
@@ -592,3 +614,10 @@ def run_wrk(url, threads=1, conns=10, duration=3):
     r = subprocess.run(["wrk", f"-t{threads}", f"-c{conns}", f"-d{duration}s", url],
                        capture_output=True, timeout=duration + 30 * h.SLOW)
     return r.returncode, r.stdout.decode(errors="replace") + r.stderr.decode(errors="replace")
+
+
+def settled_socket_count(proxy):
+    """Sockets of a ringsocks once every worker is up (the start-up probe can connect before the
+    workers have made their rings; "listening on" is logged after)."""
+    wait_log(proxy, r"listening on")
+    return h.socket_count(proxy.pid)

@@ -121,6 +121,17 @@ def wait_for(pred, timeout, interval=0.02, what="condition"):
         time.sleep(interval)
 
 
+def socket_count(pid):
+    """Sockets held by a process (its pipes are pooled and kept on purpose, so not counted)."""
+    n = 0
+    for f in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            n += os.readlink(f"/proc/{pid}/fd/{f}").startswith("socket:")
+        except OSError:
+            pass
+    return n
+
+
 def sha256(data):
     return hashlib.sha256(data).hexdigest()
 

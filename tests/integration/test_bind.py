@@ -25,24 +25,6 @@ def reply_bytes(host, port, rep=h.REP_OK):
     return bytes([h.VER, rep, 0]) + h.encode_addr(host) + struct.pack("!H", port)
 
 
-def fd_count(pid):
-    """Sockets held by the process (pipes are pooled and kept on purpose)."""
-    n = 0
-    for f in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            n += os.readlink(f"/proc/{pid}/fd/{f}").startswith("socket:")
-        except OSError:
-            pass
-    return n
-
-
-def settled_fd_count(proxy):
-    """Sockets once every worker is up (the start-up probe can connect before the workers
-    have made their rings; "listening on" is logged after)."""
-    c.wait_log(proxy, r"listening on")
-    return fd_count(proxy.pid)
-
-
 def listening(host, port):
     """Is a socket listening on host:port? (from /proc/net: no connection is made)"""
     return c.is_listening(host, port)
@@ -192,17 +174,17 @@ class BindTest(h.ProxyTestCase):
             self.assertEqual(data.hex(), ("0500" + h.error_reply(h.REP_HOST_UNREACH).hex()))
 
     def test_client_leaving_first_closes_the_listener(self):
-        before = settled_fd_count(self.proxy)
+        before = c.settled_socket_count(self.proxy)
         s, r1 = bind_request(self.proxy, "127.0.0.1", 0)
         self.assertTrue(listening(r1.host, r1.port))
         s.close()  # plain close: nothing more to say to a client that is gone
         h.wait_for(lambda: not listening(r1.host, r1.port), 5 * h.SLOW,
                    what="the BIND port to close after the client left")
-        h.wait_for(lambda: fd_count(self.proxy.pid) <= before, 5 * h.SLOW,
+        h.wait_for(lambda: h.socket_count(self.proxy.pid) <= before, 5 * h.SLOW,
                    what=f"sockets back to {before}")
 
     def test_many_binds_leave_nothing_behind(self):
-        before = settled_fd_count(self.proxy)
+        before = c.settled_socket_count(self.proxy)
         for _ in range(3):
             pairs = []
             for i in range(50):
@@ -218,7 +200,7 @@ class BindTest(h.ProxyTestCase):
             for s, peer in pairs:
                 s.close()
                 peer.close()
-        h.wait_for(lambda: fd_count(self.proxy.pid) <= before, 10 * h.SLOW,
+        h.wait_for(lambda: h.socket_count(self.proxy.pid) <= before, 10 * h.SLOW,
                    what=f"sockets back to {before}")
 
 
@@ -240,7 +222,7 @@ class BindTimeoutTest(h.ProxyTestCase):
     proxy_args = ("--bind-timeout", "1")
 
     def test_no_peer_gives_reply_6(self):
-        before = settled_fd_count(self.proxy)
+        before = c.settled_socket_count(self.proxy)
         s, r1 = bind_request(self.proxy, "127.0.0.1", 0)
         with s:
             t0 = time.monotonic()
@@ -252,7 +234,7 @@ class BindTimeoutTest(h.ProxyTestCase):
             self.assertLess(elapsed, 4 * h.SLOW)
         h.wait_for(lambda: not listening(r1.host, r1.port), 2 * h.SLOW,
                    what="the BIND port to close")
-        h.wait_for(lambda: fd_count(self.proxy.pid) <= before, 5 * h.SLOW,
+        h.wait_for(lambda: h.socket_count(self.proxy.pid) <= before, 5 * h.SLOW,
                    what=f"sockets back to {before}")
         c.wait_log(self.proxy, r"dst=127\.0\.0\.1:0 result=TTL expired")
 
@@ -285,27 +267,6 @@ class BindPortsTest(h.ProxyTestCase):
             self.assertEqual(r4.rep, h.REP_OK)
 
 
-class DanteBind(c.Dante):
-    """Dante allowing BIND (and its incoming connection, 'bindreply') and UDP ASSOCIATE."""
-
-    def argv(self, port):
-        argv = super().argv(port)
-        with open(self.conf_path, "w") as f:
-            f.write(f"logoutput: {self.log_path}\n"
-                    f"internal: {self.host} port = {port}\n"
-                    "external: 127.0.0.1\n"
-                    "socksmethod: none\n"
-                    "clientmethod: none\n"
-                    "user.privileged: root\n"
-                    "user.unprivileged: nobody\n"
-                    "client pass {\n  from: 127.0.0.0/8 to: 0.0.0.0/0\n  log: error\n}\n"
-                    "socks pass {\n  from: 127.0.0.0/8 to: 0.0.0.0/0\n"
-                    "  command: bind connect udpassociate\n  log: error\n}\n"
-                    "socks pass {\n  from: 0.0.0.0/0 to: 127.0.0.0/8\n"
-                    "  command: bindreply udpreply\n  log: error\n}\n")
-        return argv
-
-
 @h.ringsocks_only
 class BindThroughDanteTest(unittest.TestCase):
     """ringsocks as a forwarder in front of Dante: BIND is forwarded, both of Dante's replies
@@ -313,7 +274,7 @@ class BindThroughDanteTest(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.dante = DanteBind()
+        cls.dante = c.DanteAll()
         try:
             cls.fwd = c.forwarder([cls.dante])
         except BaseException:

@@ -11,17 +11,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
 
 
-def fd_count(pid):
-    """Sockets held by the process (pipes are pooled and kept on purpose)."""
-    n = 0
-    for f in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            n += os.readlink(f"/proc/{pid}/fd/{f}").startswith("socket:")
-        except OSError:
-            pass
-    return n
-
-
 class MaxConnsTest(h.ProxyTestCase):
     proxy_args = ("--max-conns", "5")
 
@@ -77,7 +66,7 @@ class NoLeakTest(h.ProxyTestCase):
             with h.socks_connect(self.proxy, "127.0.0.1", echo.port)[0] as s:
                 self.assertEqual(h.echo_roundtrip(s, b"x" * 100000), b"x" * 100000)
             time.sleep(0.2)
-            base = fd_count(pid)
+            base = h.socket_count(pid)
             closed_port = h.unused_port()
             for i in range(300):
                 s = socket.create_connection(self.proxy.addr, timeout=5 * h.SLOW)
@@ -94,7 +83,7 @@ class NoLeakTest(h.ProxyTestCase):
                     s.sendall(h.greeting() + h.request("127.0.0.1", echo.port) + b"hi")
                     h.recv_exact(s, 2 + 10)
                 s.close()
-            h.wait_for(lambda: fd_count(pid) <= base, 10 * h.SLOW,
+            h.wait_for(lambda: h.socket_count(pid) <= base, 10 * h.SLOW,
                        what=f"sockets back to {base}")
             with h.socks_connect(self.proxy, "127.0.0.1", echo.port)[0] as s:
                 self.assertEqual(h.echo_roundtrip(s, b"after"), b"after")

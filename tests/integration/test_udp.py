@@ -30,25 +30,8 @@ def reply_bytes(host, port, rep=h.REP_OK):
     return bytes([h.VER, rep, 0]) + h.encode_addr(host) + struct.pack("!H", port)
 
 
-def fd_count(pid):
-    """Sockets held by the process (pipes are pooled and kept on purpose)."""
-    n = 0
-    for f in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            n += os.readlink(f"/proc/{pid}/fd/{f}").startswith("socket:")
-        except OSError:
-            pass
-    return n
-
-
 def all_fd_count(pid):
     return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def settled_fd_count(proxy):
-    """Sockets once every worker is up ("listening on" is logged after their rings exist)."""
-    c.wait_log(proxy, r"listening on")
-    return fd_count(proxy.pid)
 
 
 class UdpEcho:
@@ -322,7 +305,7 @@ class UdpTest(h.ProxyTestCase):
             self.assertTrue(a.recv().endswith(b"announced port"))
 
     def test_closing_tcp_ends_the_association(self):
-        before = settled_fd_count(self.proxy)
+        before = c.settled_socket_count(self.proxy)
         a = Assoc(self.proxy)
         a.send("127.0.0.1", self.echo.port, b"alive")
         self.assertTrue(a.recv().endswith(b"alive"))
@@ -346,7 +329,7 @@ class UdpTest(h.ProxyTestCase):
         probe.close()
         a.udp.close()
         self.assertEqual(self.echo.received(b"after close"), [])
-        h.wait_for(lambda: fd_count(self.proxy.pid) <= before, 5 * h.SLOW,
+        h.wait_for(lambda: h.socket_count(self.proxy.pid) <= before, 5 * h.SLOW,
                    what=f"sockets back to {before}")
 
     def test_client_data_on_the_tcp_connection_is_ignored(self):
@@ -392,7 +375,7 @@ class UdpTest(h.ProxyTestCase):
                 a.close()
 
     def test_many_associations_at_once(self):
-        settled_fd_count(self.proxy)
+        c.settled_socket_count(self.proxy)
         before = all_fd_count(self.proxy.pid)  # every descriptor: sockets, pipes, anything
         n = 1000
         tcps, udps, relays = [], [], []
@@ -511,27 +494,6 @@ class UdpIdleTest(h.ProxyTestCase):
             self.assertEqual(data, b"")
 
 
-class DanteUdp(c.Dante):
-    """Dante allowing UDP ASSOCIATE (and the answers, 'udpreply') and BIND."""
-
-    def argv(self, port):
-        argv = super().argv(port)
-        with open(self.conf_path, "w") as f:
-            f.write(f"logoutput: {self.log_path}\n"
-                    f"internal: {self.host} port = {port}\n"
-                    "external: 127.0.0.1\n"
-                    "socksmethod: none\n"
-                    "clientmethod: none\n"
-                    "user.privileged: root\n"
-                    "user.unprivileged: nobody\n"
-                    "client pass {\n  from: 127.0.0.0/8 to: 0.0.0.0/0\n  log: error\n}\n"
-                    "socks pass {\n  from: 127.0.0.0/8 to: 0.0.0.0/0\n"
-                    "  command: bind connect udpassociate\n  log: error\n}\n"
-                    "socks pass {\n  from: 0.0.0.0/0 to: 127.0.0.0/8\n"
-                    "  command: bindreply udpreply\n  log: error\n}\n")
-        return argv
-
-
 @h.ringsocks_only
 class UdpThroughUpstreamsTest(unittest.TestCase):
     """ringsocks as a forwarder in front of ringsocks and of Dante, and `ringsocks tunnel -U`
@@ -544,7 +506,7 @@ class UdpThroughUpstreamsTest(unittest.TestCase):
         try:
             cls.direct = h.Proxy()
             cls.procs.append(cls.direct)
-            cls.dante = DanteUdp()
+            cls.dante = c.DanteAll()
             cls.procs.append(cls.dante)
             cls.f_rs = c.forwarder([cls.direct])
             cls.procs.append(cls.f_rs)
@@ -594,12 +556,12 @@ class UdpThroughUpstreamsTest(unittest.TestCase):
         self.check_forwarder(self.f_dante)
 
     def test_forwarder_association_ends_with_the_client(self):
-        before = settled_fd_count(self.f_rs)
+        before = c.settled_socket_count(self.f_rs)
         a = Assoc(self.f_rs)
         a.send("127.0.0.1", self.echo.port, b"x")
         self.assertTrue(a.recv().endswith(b"x"))
         a.close()
-        h.wait_for(lambda: fd_count(self.f_rs.pid) <= before, 5 * h.SLOW,
+        h.wait_for(lambda: h.socket_count(self.f_rs.pid) <= before, 5 * h.SLOW,
                    what=f"sockets back to {before}")
 
     def check_tunnel(self, t):
