@@ -417,8 +417,9 @@ class UdpTest(h.ProxyTestCase):
                         u.sendto(d, relays[udps.index(u)])
                     resent = time.monotonic()
             self.assertEqual(len(pending), 0, f"{len(pending)} associations got no answer")
-            # the TCP connection, the relay socket and the socket toward 127.0.0.1
-            self.assertGreaterEqual(all_fd_count(self.proxy.pid), before + 3 * n)
+            # the TCP connection, the relay socket and the socket toward 127.0.0.1 (less a few:
+            # the resolver may have closed the sockets of an earlier test's queries meanwhile)
+            self.assertGreaterEqual(all_fd_count(self.proxy.pid), before + 3 * n - 8)
         finally:
             for s in tcps:
                 s.close()
