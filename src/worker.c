@@ -185,8 +185,6 @@ static void log_session(struct worker *w, struct conn *c, const char *why)
 
 void worker_conn_close(struct worker *w, struct conn *c, const char *why)
 {
-	uint32_t idx = conn_index(&w->conns, c);
-
 	if (c->state == CONN_CLOSING || c->state == CONN_FREE)
 		return;
 	if (c->result == 0)
@@ -205,13 +203,7 @@ void worker_conn_close(struct worker *w, struct conn *c, const char *why)
 	c->state = CONN_CLOSING;
 	atomic_fetch_sub(&worker_live, 1);
 	/* closing a socket does not end requests that hold it: cancel each one */
-	for (int op = OP_RECV; op < OP__COUNT; op++) {
-		if (c->pending & CONN_OP_BIT(op)) {
-			struct io_uring_sqe *sqe = worker_sqe(w);
-			io_uring_prep_cancel64(sqe, conn_ud((enum conn_op)op, c->gen, idx), 0);
-			sqe->user_data = conn_ud(OP_IGNORE, 0, 0);
-		}
-	}
+	worker_cancel_ops(w, c, c->pending);
 	conn_free_if_idle(w, c);
 }
 
@@ -713,13 +705,8 @@ static void on_timeout(struct worker *w, struct conn *c)
 			upstream_failed(w, c, "timed out");
 			break;
 		}
-		/* a connect still in flight is cancelled by the close path or ignored */
-		if (c->pending & CONN_OP_BIT(OP_CONNECT)) {
-			struct io_uring_sqe *sqe = worker_sqe(w);
-			io_uring_prep_cancel64(
-			    sqe, conn_ud(OP_CONNECT, c->gen, conn_index(&w->conns, c)), 0);
-			sqe->user_data = conn_ud(OP_IGNORE, 0, 0);
-		}
+		/* the connect still in flight ends cancelled; on_connect ignores it */
+		worker_cancel_ops(w, c, CONN_OP_BIT(OP_CONNECT));
 		conn_fail(w, c, SOCKS5_REP_TTL_EXPIRED);
 		break;
 	case CONN_BIND_WAIT:
