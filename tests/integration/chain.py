@@ -11,8 +11,11 @@ for process handling, servers and the raw SOCKS5 client).
                           blackholes and refusals for the failover tests.
   WebRoot                 a directory of test files served by h.HttpServer; fetch() via curl.
   run_wrk / parse_wrk     wrk with a bounded run time and its summary parsed.
+  check_then_stop         the end of a test: every process still serves, then stop_all.
+  FreshProcsMixin         processes and servers per test, checked, stopped and closed.
 """
 
+import functools
 import os
 import re
 import select
@@ -301,6 +304,83 @@ def stop_all(procs):
             p.kill()
     if errors:
         raise AssertionError("\n".join(errors))
+
+
+def check_then_stop(procs, checks):
+    """The end of a chain test: run every check ((what, fn) pairs: fn() raises if `what` no
+    longer serves), then stop_all(procs); raise one AssertionError naming every failure."""
+    errors = []
+    for what, check in checks:
+        try:
+            check()
+        except BaseException as e:  # noqa: BLE001 - collected and raised below
+            errors.append(f"{what} no longer serves: {e!r}")
+    try:
+        stop_all(procs)
+    except AssertionError as e:
+        errors.append(str(e))
+    if errors:
+        raise AssertionError("\n".join(errors))
+
+
+def plain_connect_check(proxy):
+    """A check for check_then_stop: a plain CONNECT through proxy (with its credentials)."""
+    return functools.partial(h.check_serving, proxy, auth=proxy.auth)
+
+
+class FreshProcsMixin:
+    """For a unittest.TestCase whose tests each start their own processes (appended to
+    self.procs) in front of servers (keep() / fake(): closed at the end). At tearDown every
+    (process, expectation) of serving_checks() must still pass check_still_serving(); then
+    all processes are stopped (stop_all), the failures of both fail the test together, and
+    the servers are closed last. Subclasses override serving_checks / check_still_serving.
+    The class has a DnsServer (cls.dns, knows "localhost") for the processes' --resolver."""
+
+    kind = "proxy"  # in the failure: "<kind> port N no longer serves"
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.dns = h.DnsServer()
+        cls.dns.add("localhost", a=["127.0.0.1"])
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            cls.dns.close()
+        finally:
+            super().tearDownClass()
+
+    def setUp(self):
+        super().setUp()
+        self.procs, self.closers = [], []
+
+    def keep(self, x):
+        """Close x (a server) at tearDown, after the processes have stopped."""
+        self.closers.append(x)
+        return x
+
+    def fake(self, **kw):
+        return self.keep(FakeUpstream(**kw))
+
+    def serving_checks(self):
+        """(process, expectation) pairs for check_still_serving: by default every process."""
+        return [(p, None) for p in self.procs]
+
+    def check_still_serving(self, proc, expect):
+        """Raise if proc no longer serves; by default a plain CONNECT through it must work."""
+        h.check_serving(proc, auth=proc.auth)
+
+    def tearDown(self):
+        try:
+            check_then_stop(self.procs,
+                            [(f"{self.kind} port {p.port}",
+                              functools.partial(self.check_still_serving, p, expect))
+                             for p, expect in self.serving_checks()])
+        finally:
+            for x in self.closers:
+                x.close()
+            super().tearDown()
 
 
 def log_lines(proxy, pattern):

@@ -521,6 +521,23 @@ def echo_roundtrip(sock, payload):
     return recv_exact(sock, len(payload))
 
 
+def send_all_chunks(sock, data, chunk=256 * 1024):
+    mv = memoryview(data)
+    for i in range(0, len(mv), chunk):
+        sock.sendall(mv[i:i + chunk])
+
+
+def drain_hash(sock):
+    """Read to EOF; returns (byte count, sha256 hex)."""
+    hsh, n = hashlib.sha256(), 0
+    while True:
+        b = sock.recv(1 << 20)
+        if not b:
+            return n, hsh.hexdigest()
+        hsh.update(b)
+        n += len(b)
+
+
 def check_serving(proxy, auth=None):
     """A plain CONNECT to a fresh echo server through the proxy works: exact bytes back."""
     with EchoServer() as echo:
@@ -1010,6 +1027,34 @@ class ProxyTestCase(unittest.TestCase):
         if self.proxy is not None and not self.proxy.running():
             self.fail(f"proxy exited (code {self.proxy.proc.returncode}) before {self.id()}:\n"
                       f"{self.proxy.tail()}")
+
+
+class EchoProxyTestCase(ProxyTestCase):
+    """A ProxyTestCase with an echo server for the whole class (cls.echo: make_echo(), an
+    EchoServer unless overridden), started before the proxy and closed after it.
+    many_fds = True first raises the open-files limit (raise_nofile), for classes that hold
+    many connections at once."""
+
+    many_fds = False
+    echo = None
+
+    @classmethod
+    def make_echo(cls):
+        return EchoServer()
+
+    @classmethod
+    def setUpClass(cls):
+        if cls.many_fds:
+            raise_nofile()
+        cls.echo = cls.make_echo()
+        super().setUpClass()
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            super().tearDownClass()
+        finally:
+            cls.echo.close()
 
 
 class _Result(unittest.TextTestResult):

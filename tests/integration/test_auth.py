@@ -15,12 +15,11 @@ ALICE = ("alice", "secret")
 BOB = ("bob", "hunter2")
 
 
-class AuthTest(h.ProxyTestCase):
+class AuthTest(h.EchoProxyTestCase):
     proxy_args = ["--user", "alice:secret", "--user", "bob:hunter2"]
 
     @classmethod
     def setUpClass(cls):
-        cls.echo = h.EchoServer()
         cls.dir = tempfile.mkdtemp(prefix="ringsocks-auth-")
         cls.blob = os.urandom(3 * 1024 * 1024 + 7)
         with open(os.path.join(cls.dir, "blob.bin"), "wb") as f:
@@ -33,7 +32,6 @@ class AuthTest(h.ProxyTestCase):
         try:
             super().tearDownClass()
         finally:
-            cls.echo.close()
             cls.http.close()
             shutil.rmtree(cls.dir, ignore_errors=True)
 

@@ -73,17 +73,6 @@ def send_hash_thread(sock, blob, errs, shut=True):
     return t
 
 
-def drain(sock):
-    import hashlib
-    d, n = hashlib.sha256(), 0
-    while True:
-        b = sock.recv(1 << 20)
-        if not b:
-            return n, d.hexdigest()
-        n += len(b)
-        d.update(b)
-
-
 @h.ringsocks_only
 class BindTest(h.ProxyTestCase):
     def test_both_replies_and_data_both_ways(self):
@@ -100,13 +89,13 @@ class BindTest(h.ProxyTestCase):
                 up, down, errs = os.urandom(8 * MiB + 7), os.urandom(6 * MiB + 3), []
                 t1 = send_hash_thread(s, up, errs)
                 t2 = send_hash_thread(peer, down, errs, shut=False)
-                got_up = drain(peer)  # the client's half-close arrives as EOF
+                got_up = h.drain_hash(peer)  # the client's half-close arrives as EOF
                 t2.join(30 * h.SLOW)
                 self.assertEqual(got_up, (len(up), h.sha256(up)))
                 # half-closed: the other direction still flows
                 peer.sendall(b"after the client's EOF")
                 peer.shutdown(socket.SHUT_WR)
-                got_down = drain(s)
+                got_down = h.drain_hash(s)
                 t1.join(30 * h.SLOW)
                 self.assertEqual(errs, [])
                 self.assertEqual(got_down, (len(down) + 22,
@@ -296,8 +285,8 @@ class BindThroughDanteTest(unittest.TestCase):
                 up, down, errs = os.urandom(1 * MiB), os.urandom(1 * MiB + 1), []
                 t1 = send_hash_thread(s, up, errs)
                 t2 = send_hash_thread(peer, down, errs)
-                self.assertEqual(drain(peer), (len(up), h.sha256(up)))
-                self.assertEqual(drain(s), (len(down), h.sha256(down)))
+                self.assertEqual(h.drain_hash(peer), (len(up), h.sha256(up)))
+                self.assertEqual(h.drain_hash(s), (len(down), h.sha256(down)))
                 t1.join(30 * h.SLOW)
                 t2.join(30 * h.SLOW)
                 self.assertEqual(errs, [])

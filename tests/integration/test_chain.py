@@ -2,7 +2,6 @@
 username/password, credentials from the forwarder's --upstream URL) -> destination. Half-close in
 both directions and 64 MiB each way at once, sha256 at both ends; curl through the chain."""
 
-import hashlib
 import os
 import socket
 import sys
@@ -17,23 +16,6 @@ import harness as h  # noqa: E402
 MiB = 1 << 20
 ALICE = ("alice", "secret")
 TOKEN_LEN = 16
-
-
-def send_all_chunks(sock, data, chunk=256 * 1024):
-    mv = memoryview(data)
-    for i in range(0, len(mv), chunk):
-        sock.sendall(mv[i:i + chunk])
-
-
-def drain_hash(sock):
-    """Read to EOF; returns (byte count, sha256 hex)."""
-    hsh, n = hashlib.sha256(), 0
-    while True:
-        b = sock.recv(1 << 20)
-        if not b:
-            return n, hsh.hexdigest()
-        hsh.update(b)
-        n += len(b)
 
 
 def read_token(c_sock, token):
@@ -67,26 +49,16 @@ class ChainTest(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         try:
-            errors = []
             # a plain request still works through the chain and through each hop
-            try:
+            def chain_fetches_small():
                 with c.Tunnel(("127.0.0.1", cls.web.port), cls.fwd) as t:
                     body = cls.web.fetch(f"http://127.0.0.1:{t.port}/small")
                     if body != cls.web.files["small"]:
                         raise AssertionError(f"got {body[:100]!r}")
-            except BaseException as e:  # noqa: BLE001
-                errors.append(f"the chain no longer serves: {e!r}")
-            for p in (cls.fwd, cls.last):
-                try:
-                    h.check_serving(p, auth=p.auth)
-                except BaseException as e:  # noqa: BLE001
-                    errors.append(f"port {p.port} no longer serves: {e!r}")
-            try:
-                c.stop_all([cls.fwd, cls.last])
-            except AssertionError as e:
-                errors.append(str(e))
-            if errors:
-                raise AssertionError("\n".join(errors))
+
+            checks = [("the chain", chain_fetches_small)]
+            checks += [(f"port {p.port}", c.plain_connect_check(p)) for p in (cls.fwd, cls.last)]
+            c.check_then_stop([cls.fwd, cls.last], checks)
         finally:
             cls.web.close()
             cls.dns.close()
@@ -122,17 +94,17 @@ class ChainTest(unittest.TestCase):
         def handler(cs, addr):
             if not read_token(cs, token):
                 return None
-            n, digest = drain_hash(cs)  # EOF must come through all three hops
+            n, digest = h.drain_hash(cs)  # EOF must come through all three hops
             time.sleep(0.5)  # meanwhile nobody may close the other direction
             cs.sendall(f"ANSWER {n} {digest}\n".encode())
-            send_all_chunks(cs, bulk)
+            h.send_all_chunks(cs, bulk)
             cs.shutdown(socket.SHUT_WR)
             return n, digest
 
         with h.ThreadedServer(handler) as srv:
             t = self.tunnel_to(srv.port)
             with self.connect(t, token) as s:
-                send_all_chunks(s, request)
+                h.send_all_chunks(s, request)
                 s.shutdown(socket.SHUT_WR)
                 data, how = h.read_to_close(s, timeout=30 * h.SLOW)
             srv.wait_done()
@@ -154,9 +126,9 @@ class ChainTest(unittest.TestCase):
         def handler(cs, addr):
             if not read_token(cs, token):
                 return None
-            send_all_chunks(cs, hello)
+            h.send_all_chunks(cs, hello)
             cs.shutdown(socket.SHUT_WR)
-            return drain_hash(cs)
+            return h.drain_hash(cs)
 
         with h.ThreadedServer(handler) as srv:
             t = self.tunnel_to(srv.port)
@@ -169,7 +141,7 @@ class ChainTest(unittest.TestCase):
                     got += b
                 self.assertEqual((len(got), h.sha256(got)), (len(hello), h.sha256(hello)))
                 time.sleep(0.3)
-                send_all_chunks(s, upload)  # only one direction is closed
+                h.send_all_chunks(s, upload)  # only one direction is closed
                 s.shutdown(socket.SHUT_WR)
                 srv.wait_done(timeout=30 * h.SLOW)
                 rest, how = h.read_to_close(s, timeout=10 * h.SLOW)
@@ -189,14 +161,14 @@ class ChainTest(unittest.TestCase):
 
             def send():
                 try:
-                    send_all_chunks(cs, down)
+                    h.send_all_chunks(cs, down)
                     cs.shutdown(socket.SHUT_WR)
                 except Exception as e:  # noqa: BLE001
                     errs.append(repr(e))
 
             th = threading.Thread(target=send)
             th.start()
-            res = drain_hash(cs)
+            res = h.drain_hash(cs)
             th.join(120 * h.SLOW)
             if errs or th.is_alive():
                 raise AssertionError(f"destination send: {errs or 'did not finish'}")
@@ -210,7 +182,7 @@ class ChainTest(unittest.TestCase):
 
                 def upload():
                     try:
-                        send_all_chunks(s, up)
+                        h.send_all_chunks(s, up)
                         s.shutdown(socket.SHUT_WR)
                     except Exception as e:  # noqa: BLE001
                         errs.append(repr(e))
@@ -218,7 +190,7 @@ class ChainTest(unittest.TestCase):
                 t0 = time.monotonic()
                 th = threading.Thread(target=upload)
                 th.start()
-                n, digest = drain_hash(s)
+                n, digest = h.drain_hash(s)
                 th.join(120 * h.SLOW)
                 srv.wait_done(timeout=120 * h.SLOW)
                 elapsed = time.monotonic() - t0

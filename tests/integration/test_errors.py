@@ -14,18 +14,10 @@ import harness as h  # noqa: E402
 OK_GREETING = bytes([5, 0])
 
 
-class ProtocolTest(h.ProxyTestCase):
+class ProtocolTest(h.EchoProxyTestCase):
     @classmethod
-    def setUpClass(cls):
-        cls.echo = h.EchoServer(hosts=("127.0.0.1", "::1"), record=True)
-        super().setUpClass()
-
-    @classmethod
-    def tearDownClass(cls):
-        try:
-            super().tearDownClass()
-        finally:
-            cls.echo.close()
+    def make_echo(cls):
+        return h.EchoServer(hosts=("127.0.0.1", "::1"), record=True)
 
     def client(self, **kw):
         return h.open_client(self.proxy, **kw)

@@ -18,11 +18,12 @@ ALL_FAILED = h.error_reply(h.REP_FAIL)  # 05 01 00 01 00 00 00 00 00 00
 
 
 @h.ringsocks_only
-class FailoverTest(unittest.TestCase):
+class FailoverTest(c.FreshProcsMixin, unittest.TestCase):
+    kind = "forwarder"
+
     @classmethod
     def setUpClass(cls):
-        cls.dns = h.DnsServer()
-        cls.dns.add("localhost", a=["127.0.0.1"])
+        super().setUpClass()
         # a real second hop for the end-to-end cases
         cls.direct = h.Proxy(["--resolver", cls.dns.addr])
 
@@ -33,33 +34,11 @@ class FailoverTest(unittest.TestCase):
             cls.direct.stop()
         finally:
             cls.direct.kill()
-            cls.dns.close()
+            super().tearDownClass()
 
-    def setUp(self):
-        self.procs, self.closers = [], []
-
-    def tearDown(self):
-        try:
-            errors = []
-            for p in self.procs:
-                if getattr(p, "serving_check", True):
-                    try:
-                        h.check_serving(p, auth=p.auth)
-                    except BaseException as e:  # noqa: BLE001
-                        errors.append(f"forwarder port {p.port} no longer serves: {e!r}")
-            try:
-                c.stop_all(self.procs)
-            except AssertionError as e:
-                errors.append(str(e))
-            if errors:
-                raise AssertionError("\n".join(errors))
-        finally:
-            for x in self.closers:
-                x.close()
-
-    def keep(self, x):
-        self.closers.append(x)
-        return x
+    def serving_checks(self):
+        # a forwarder whose upstreams are all down cannot serve (serving_check = False)
+        return [(p, None) for p in self.procs if getattr(p, "serving_check", True)]
 
     def fwd(self, upstreams, workers=1):
         p = c.forwarder(upstreams, ["--connect-timeout", str(TIMEOUT), "--resolver", self.dns.addr],

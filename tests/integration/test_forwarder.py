@@ -74,24 +74,15 @@ class ForwarderRealUpstreamsTest(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         try:
-            errors = []
             # every proxy still serves a plain CONNECT (the forwarder with wrong upstream
             # credentials cannot, by design)
-            for p in (cls.f_dante, cls.f_micro, cls.f_rs, cls.f_rs_user, cls.up_auth, cls.dante,
-                      cls.micro):
-                try:
-                    h.check_serving(p, auth=p.auth)
-                except BaseException as e:  # noqa: BLE001
-                    errors.append(f"port {p.port} ({p.argv(p.port)[0]}) no longer serves: {e!r}")
+            checks = [(f"port {p.port} ({p.argv(p.port)[0]})", c.plain_connect_check(p))
+                      for p in (cls.f_dante, cls.f_micro, cls.f_rs, cls.f_rs_user, cls.up_auth,
+                                cls.dante, cls.micro)]
             # forwarders first: their upstreams must still be there while they stop
             order = [cls.f_dante, cls.f_micro, cls.f_rs, cls.f_rs_user, cls.f_rs_wrong,
                      cls.up_auth, cls.dante, cls.micro]
-            try:
-                c.stop_all(order)
-            except AssertionError as e:
-                errors.append(str(e))
-            if errors:
-                raise AssertionError("\n".join(errors))
+            c.check_then_stop(order, checks)
         finally:
             cls.web.close()
             cls.dns.close()
@@ -158,52 +149,25 @@ class ForwarderRealUpstreamsTest(unittest.TestCase):
 
 
 @h.ringsocks_only
-class FakeUpstreamTest(unittest.TestCase):
+class FakeUpstreamTest(c.FreshProcsMixin, unittest.TestCase):
     """A fresh forwarder per test in front of scripted upstreams (FakeUpstream). Every
     forwarder gets the test's DNS server as --resolver: it must resolve nothing (the names in
     the requests are the upstream's business), and nothing may reach the machine's DNS."""
 
-    @classmethod
-    def setUpClass(cls):
-        cls.dns = h.DnsServer()
-        cls.dns.add("localhost", a=["127.0.0.1"])
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.dns.close()
+    kind = "forwarder"
 
     def setUp(self):
-        self.procs, self.fakes = [], []
+        super().setUp()
         # at the end every forwarder must still serve a plain CONNECT (through its upstream,
         # which echoes); tests whose upstream only ever fails clear this and the forwarder
         # must still answer a fresh handshake (unknown command -> 7) instead
         self.plain_ok = True
 
-    def tearDown(self):
-        try:
-            errors = []
-            for p in self.procs:
-                try:
-                    if self.plain_ok:
-                        h.check_serving(p, auth=p.auth)
-                    else:
-                        check_handshake(p)
-                except BaseException as e:  # noqa: BLE001
-                    errors.append(f"forwarder port {p.port} no longer serves: {e!r}")
-            try:
-                c.stop_all(self.procs)
-            except AssertionError as e:
-                errors.append(str(e))
-            if errors:
-                raise AssertionError("\n".join(errors))
-        finally:
-            for f in self.fakes:
-                f.close()
-
-    def fake(self, **kw):
-        f = c.FakeUpstream(**kw)
-        self.fakes.append(f)
-        return f
+    def check_still_serving(self, proc, expect):
+        if self.plain_ok:
+            h.check_serving(proc, auth=proc.auth)
+        else:
+            check_handshake(proc)
 
     def fwd(self, upstreams, args=(), **kw):
         p = c.forwarder(upstreams, ["--resolver", self.dns.addr] + list(args), **kw)

@@ -14,21 +14,9 @@ N_IDLE = 500
 
 
 @unittest.skipIf(h.PEER, "counts ringsocks' threads")
-class IdleTest(h.ProxyTestCase):
+class IdleTest(h.EchoProxyTestCase):
     workers = 2
-
-    @classmethod
-    def setUpClass(cls):
-        h.raise_nofile()
-        cls.echo = h.EchoServer()
-        super().setUpClass()
-
-    @classmethod
-    def tearDownClass(cls):
-        try:
-            super().tearDownClass()
-        finally:
-            cls.echo.close()
+    many_fds = True
 
     def sample_threads(self, seconds):
         samples = []

@@ -11,20 +11,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
 
 
-class MaxConnsTest(h.ProxyTestCase):
+class MaxConnsTest(h.EchoProxyTestCase):
     proxy_args = ("--max-conns", "5")
-
-    @classmethod
-    def setUpClass(cls):
-        cls.echo = h.EchoServer()
-        super().setUpClass()
-
-    @classmethod
-    def tearDownClass(cls):
-        try:
-            super().tearDownClass()
-        finally:
-            cls.echo.close()
 
     def test_sixth_client_is_closed_and_live_ones_are_unaffected(self):
         live = [h.socks_connect(self.proxy, "127.0.0.1", self.echo.port)[0] for _ in range(5)]

@@ -48,19 +48,8 @@ async def open_relay(proxy, port, host="127.0.0.1"):
     return reader, writer
 
 
-class LoadTest(h.ProxyTestCase):
-    @classmethod
-    def setUpClass(cls):
-        h.raise_nofile()
-        cls.echo = h.EchoServer()
-        super().setUpClass()
-
-    @classmethod
-    def tearDownClass(cls):
-        try:
-            super().tearDownClass()
-        finally:
-            cls.echo.close()
+class LoadTest(h.EchoProxyTestCase):
+    many_fds = True
 
     def test_1000_at_once(self):
         n = N_CONCURRENT

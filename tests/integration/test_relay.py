@@ -1,7 +1,6 @@
 """The relay phase: half-close in both directions, 64 MiB each way at once, back-pressure,
 ping-pong latency, concurrent transfers, destinations that close or reset."""
 
-import hashlib
 import os
 import socket
 import struct
@@ -16,36 +15,7 @@ import harness as h  # noqa: E402
 MiB = 1 << 20
 
 
-def send_all_chunks(sock, data, chunk=256 * 1024):
-    mv = memoryview(data)
-    for i in range(0, len(mv), chunk):
-        sock.sendall(mv[i:i + chunk])
-
-
-def drain_hash(sock):
-    """Read to EOF; returns (byte count, sha256 hex)."""
-    hsh, n = hashlib.sha256(), 0
-    while True:
-        b = sock.recv(1 << 20)
-        if not b:
-            return n, hsh.hexdigest()
-        hsh.update(b)
-        n += len(b)
-
-
-class RelayTest(h.ProxyTestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.echo = h.EchoServer()
-        super().setUpClass()
-
-    @classmethod
-    def tearDownClass(cls):
-        try:
-            super().tearDownClass()
-        finally:
-            cls.echo.close()
-
+class RelayTest(h.EchoProxyTestCase):
     def test_half_close_client_first(self):
         """client sends, shuts down its write side; the destination reads to EOF, waits, then
         answers; the client gets the whole answer and then EOF."""
@@ -53,17 +23,17 @@ class RelayTest(h.ProxyTestCase):
         bulk = os.urandom(2 * MiB + 3)
 
         def handler(c, addr):
-            n, digest = drain_hash(c)  # EOF must arrive: the proxy propagated the half-close
+            n, digest = h.drain_hash(c)  # EOF must arrive: the proxy propagated the half-close
             time.sleep(0.5)  # the proxy must not close the other direction meanwhile
             c.sendall(f"ANSWER {n} {digest}\n".encode())
-            send_all_chunks(c, bulk)
+            h.send_all_chunks(c, bulk)
             c.shutdown(socket.SHUT_WR)
             return n, digest
 
         with h.ThreadedServer(handler) as srv:
             s, _ = h.socks_connect(self.proxy, "127.0.0.1", srv.port)
             with s:
-                send_all_chunks(s, request)
+                h.send_all_chunks(s, request)
                 s.shutdown(socket.SHUT_WR)
                 data, how = h.read_to_close(s, timeout=20 * h.SLOW)
                 srv.wait_done()
@@ -81,9 +51,9 @@ class RelayTest(h.ProxyTestCase):
         upload = os.urandom(768 * 1024 + 5)
 
         def handler(c, addr):
-            send_all_chunks(c, hello)
+            h.send_all_chunks(c, hello)
             c.shutdown(socket.SHUT_WR)
-            return drain_hash(c)
+            return h.drain_hash(c)
 
         with h.ThreadedServer(handler) as srv:
             s, _ = h.socks_connect(self.proxy, "127.0.0.1", srv.port)
@@ -96,7 +66,7 @@ class RelayTest(h.ProxyTestCase):
                     got += b
                 self.assertEqual(h.sha256(got), h.sha256(hello))
                 time.sleep(0.3)
-                send_all_chunks(s, upload)  # must not fail: only one direction is closed
+                h.send_all_chunks(s, upload)  # must not fail: only one direction is closed
                 s.shutdown(socket.SHUT_WR)
                 srv.wait_done()
                 self.assertEqual(srv.errors, [])
@@ -109,9 +79,9 @@ class RelayTest(h.ProxyTestCase):
         down = os.urandom(64 * MiB)
 
         def handler(c, addr):
-            t = threading.Thread(target=lambda: (send_all_chunks(c, down), c.shutdown(socket.SHUT_WR)))
+            t = threading.Thread(target=lambda: (h.send_all_chunks(c, down), c.shutdown(socket.SHUT_WR)))
             t.start()
-            res = drain_hash(c)
+            res = h.drain_hash(c)
             t.join(60 * h.SLOW)
             return res
 
@@ -123,7 +93,7 @@ class RelayTest(h.ProxyTestCase):
 
                 def upload():
                     try:
-                        send_all_chunks(s, up)
+                        h.send_all_chunks(s, up)
                         s.shutdown(socket.SHUT_WR)
                     except Exception as e:
                         errs.append(e)
@@ -131,7 +101,7 @@ class RelayTest(h.ProxyTestCase):
                 t0 = time.monotonic()
                 t = threading.Thread(target=upload)
                 t.start()
-                n, digest = drain_hash(s)
+                n, digest = h.drain_hash(s)
                 t.join(60 * h.SLOW)
                 srv.wait_done(timeout=60 * h.SLOW)
                 elapsed = time.monotonic() - t0
@@ -148,10 +118,10 @@ class RelayTest(h.ProxyTestCase):
         sent_at = []
 
         def handler(c, addr):
-            send_all_chunks(c, blob)
+            h.send_all_chunks(c, blob)
             sent_at.append(time.monotonic())
             c.shutdown(socket.SHUT_WR)
-            return drain_hash(c)
+            return h.drain_hash(c)
 
         with h.ThreadedServer(handler) as srv:
             s, _ = h.socks_connect(self.proxy, "127.0.0.1", srv.port)
@@ -161,7 +131,7 @@ class RelayTest(h.ProxyTestCase):
                 blocked = not sent_at
                 # the other direction still works while this one is stalled
                 s.sendall(b"still alive")
-                n, digest = drain_hash(s)
+                n, digest = h.drain_hash(s)
                 self.assertEqual((n, digest), (len(blob), h.sha256(blob)))
                 s.shutdown(socket.SHUT_WR)
                 srv.wait_done()
@@ -193,9 +163,9 @@ class RelayTest(h.ProxyTestCase):
                 s, _ = h.socks_connect(self.proxy, "127.0.0.1", self.echo.port)
                 with s:
                     s.settimeout(60 * h.SLOW)
-                    t = threading.Thread(target=lambda: (send_all_chunks(s, blob), s.shutdown(socket.SHUT_WR)))
+                    t = threading.Thread(target=lambda: (h.send_all_chunks(s, blob), s.shutdown(socket.SHUT_WR)))
                     t.start()
-                    results[i] = (drain_hash(s) == (len(blob), h.sha256(blob)))
+                    results[i] = (h.drain_hash(s) == (len(blob), h.sha256(blob)))
                     t.join()
             except Exception as e:
                 errs.append(f"{i}: {e!r}")

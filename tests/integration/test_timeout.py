@@ -17,20 +17,8 @@ LOW, HIGH = 0.8, 3.0  # a close must come in this window (seconds after connect)
 
 
 @unittest.skipIf(h.PEER, "ringsocks timeouts")
-class TimeoutTest(h.ProxyTestCase):
+class TimeoutTest(h.EchoProxyTestCase):
     proxy_args = ["--handshake-timeout", str(T), "--connect-timeout", str(T)]
-
-    @classmethod
-    def setUpClass(cls):
-        cls.echo = h.EchoServer()
-        super().setUpClass()
-
-    @classmethod
-    def tearDownClass(cls):
-        try:
-            super().tearDownClass()
-        finally:
-            cls.echo.close()
 
     def assert_closed_in_window(self, s, t0, expect=b""):
         data, how = h.read_to_close(s, timeout=HIGH + 2)

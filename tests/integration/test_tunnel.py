@@ -5,6 +5,7 @@ hashed; DEST_HOST 'localhost' sent as a domain name; the exact CONNECT request t
 destination resets the client with no data and logs the reply code; --via failover; several -L;
 wrk through the tunnel with zero socket errors."""
 
+import functools
 import os
 import socket
 import sys
@@ -78,25 +79,16 @@ class TunnelRealProxiesTest(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         try:
-            errors = []
-            for t in cls.tunnels:  # every tunnel still serves a plain request
-                try:
-                    body = fetch_via_tunnel(cls.web, t, "small")
-                    if body != cls.web.files["small"]:
-                        raise AssertionError(f"got {body[:100]!r}")
-                except BaseException as e:  # noqa: BLE001
-                    errors.append(f"tunnel port {t.port} no longer serves: {e!r}")
-            for p in (cls.rs, cls.rs_auth, cls.dante):
-                try:
-                    h.check_serving(p, auth=p.auth)
-                except BaseException as e:  # noqa: BLE001
-                    errors.append(f"proxy port {p.port} no longer serves: {e!r}")
-            try:
-                c.stop_all(cls.procs)  # tunnels first, then their proxies
-            except AssertionError as e:
-                errors.append(str(e))
-            if errors:
-                raise AssertionError("\n".join(errors))
+            def fetches_small(t):  # every tunnel still serves a plain request
+                body = fetch_via_tunnel(cls.web, t, "small")
+                if body != cls.web.files["small"]:
+                    raise AssertionError(f"got {body[:100]!r}")
+
+            checks = [(f"tunnel port {t.port}", functools.partial(fetches_small, t))
+                      for t in cls.tunnels]
+            checks += [(f"proxy port {p.port}", c.plain_connect_check(p))
+                       for p in (cls.rs, cls.rs_auth, cls.dante)]
+            c.check_then_stop(cls.procs, checks)  # tunnels first, then their proxies
         finally:
             cls.closed.close()
             cls.web.close()
@@ -153,50 +145,26 @@ class TunnelRealProxiesTest(unittest.TestCase):
 
 
 @h.ringsocks_only
-class TunnelFakeProxyTest(unittest.TestCase):
+class TunnelFakeProxyTest(c.FreshProcsMixin, unittest.TestCase):
     """The exact bytes a tunnel sends to its proxy, and its reaction to the proxy's answers.
     Tunnels get the test's DNS server as --resolver (they must not resolve DEST_HOST)."""
 
-    @classmethod
-    def setUpClass(cls):
-        cls.dns = h.DnsServer()
-        cls.dns.add("localhost", a=["127.0.0.1"])
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.dns.close()
+    kind = "tunnel"
 
     def setUp(self):
-        self.procs, self.fakes = [], []
+        super().setUp()
         self.serving = []  # (tunnel, True if its proxy accepts, False if it must reset)
 
-    def tearDown(self):
-        try:
-            errors = []
-            for t, ok in self.serving:  # each tunnel still behaves as before
-                try:
-                    if ok:
-                        with socket.create_connection(t.addr, timeout=10 * h.SLOW) as s:
-                            if h.echo_roundtrip(s, b"still serving") != b"still serving":
-                                raise AssertionError("wrong echo")
-                    else:
-                        assert_reset_no_data(self, t)
-                except BaseException as e:  # noqa: BLE001
-                    errors.append(f"tunnel port {t.port} no longer serves: {e!r}")
-            try:
-                c.stop_all(self.procs)
-            except AssertionError as e:
-                errors.append(str(e))
-            if errors:
-                raise AssertionError("\n".join(errors))
-        finally:
-            for f in self.fakes:
-                f.close()
+    def serving_checks(self):
+        return self.serving  # each tunnel still behaves as before
 
-    def fake(self, **kw):
-        f = c.FakeUpstream(**kw)
-        self.fakes.append(f)
-        return f
+    def check_still_serving(self, t, ok):
+        if ok:
+            with socket.create_connection(t.addr, timeout=10 * h.SLOW) as s:
+                if h.echo_roundtrip(s, b"still serving") != b"still serving":
+                    raise AssertionError("wrong echo")
+        else:
+            assert_reset_no_data(self, t)
 
     def tunnel(self, dests, via, args=(), **kw):
         t = c.Tunnel(dests, via, ["--resolver", self.dns.addr] + list(args), **kw)

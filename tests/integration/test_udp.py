@@ -148,21 +148,17 @@ class Assoc:
 
 
 @h.ringsocks_only
-class UdpTest(h.ProxyTestCase):
+class UdpTest(h.EchoProxyTestCase):
+    @classmethod
+    def make_echo(cls):
+        return UdpEcho()
+
     @classmethod
     def setUpClass(cls):
-        cls.echo = UdpEcho()
         super().setUpClass()
         cls.dns.add("echo4.udp.test", a=["127.0.0.1"])
         cls.dns.add("echo6.udp.test", aaaa=["::1"])
         cls.dns.add("answer.udp.test", a=["10.1.2.3"], aaaa=["2001:db8::7"])
-
-    @classmethod
-    def tearDownClass(cls):
-        try:
-            super().tearDownClass()
-        finally:
-            cls.echo.close()
 
     def session_line(self, a, pattern):
         """The -v session line of association a (logged once its TCP connection closed)."""
@@ -430,20 +426,12 @@ class UdpTest(h.ProxyTestCase):
 
 
 @h.ringsocks_only
-class UdpIPv6ClientTest(h.ProxyTestCase):
+class UdpIPv6ClientTest(h.EchoProxyTestCase):
     """A client that reached the proxy over IPv6 gets an IPv6 relay."""
 
     @classmethod
-    def setUpClass(cls):
-        cls.echo = UdpEcho()
-        super().setUpClass()
-
-    @classmethod
-    def tearDownClass(cls):
-        try:
-            super().tearDownClass()
-        finally:
-            cls.echo.close()
+    def make_echo(cls):
+        return UdpEcho()
 
     def test_ipv6_relay(self):
         p = h.Proxy(["--resolver", self.dns.addr], host="::1")
@@ -459,20 +447,12 @@ class UdpIPv6ClientTest(h.ProxyTestCase):
 
 
 @h.ringsocks_only
-class UdpIdleTest(h.ProxyTestCase):
+class UdpIdleTest(h.EchoProxyTestCase):
     proxy_args = ("--udp-idle-timeout", "1")
 
     @classmethod
-    def setUpClass(cls):
-        cls.echo = UdpEcho()
-        super().setUpClass()
-
-    @classmethod
-    def tearDownClass(cls):
-        try:
-            super().tearDownClass()
-        finally:
-            cls.echo.close()
+    def make_echo(cls):
+        return UdpEcho()
 
     def test_idle_association_ends(self):
         with Assoc(self.proxy) as a:
