@@ -84,9 +84,11 @@ fi
 
 # ringsocks-MODE runs ringsocks with --relay MODE (splice, splice-sqe, copy, hybrid), so the
 # relay strategies can be compared side by side: --only ringsocks-splice,ringsocks-copy,...
-# ringsocks-w1 is one worker pinned to CPU 0, ringsocks-w2pin two workers pinned to CPUs 0,1.
+# ringsocks-w1 is one worker pinned to CPU 0, ringsocks-w2pin two workers pinned to CPUs 0,1,
+# ringsocks-reno the default with --congestion reno (its own sockets unpaced; reno is allowed
+# to every user, whatever net.ipv4.tcp_congestion_control says).
 ALL_PROXIES=(ringsocks dante microsocks ringsocks-splice ringsocks-splice-sqe ringsocks-copy ringsocks-hybrid
-  ringsocks-w1 ringsocks-w2pin)
+  ringsocks-w1 ringsocks-w2pin ringsocks-reno)
 IFS=, read -r -a PROXIES <<<"$ONLY"
 for p in "${PROXIES[@]}"; do
   case " ${ALL_PROXIES[*]} " in *" $p "*) ;; *) echo "compare.sh: unknown candidate '$p' (${ALL_PROXIES[*]})" >&2; exit 2 ;; esac
@@ -640,6 +642,7 @@ up() {
   case "$p" in
     ringsocks-w1) start_ringsocks "${PPORT[$p]}" -w 1 --cpus 0 ;;
     ringsocks-w2pin) start_ringsocks "${PPORT[$p]}" -w 2 --cpus 0,1 ;;
+    ringsocks-reno) start_ringsocks "${PPORT[$p]}" --congestion reno ;;
     ringsocks-*) start_ringsocks "${PPORT[$p]}" --relay "${p#ringsocks-}" ;;
     *) start_"$p" "${PPORT[$p]}" ;;
   esac
@@ -903,7 +906,7 @@ cat >"$OUT/meta.json" <<JSON
  "udp_clients": $UDP_C, "udp_threads": $UDP_T, "udp_size": $UDP_SIZE, "udp_window": $UDP_WINDOW, "udp_echo_threads": $UDP_ECHO_T, "udp_duration_s": $UDP_D,
  "ringsocks_workers": $RS_WORKERS, "tunnel_workers": $TUNNEL_WORKERS, "dante_mothers": $DANTE_MOTHERS,
  "subject": "$SUBJECT", "candidates": "$(IFS=,; echo "${CANDS[*]}")", "workloads": "$WORKLOADS",
- "elapsed_s": $ELAPSED, "date": "$(date -Is)", "kernel": "$(uname -r)", "cpus": $(nproc),
+ "elapsed_s": $ELAPSED, "date": "$(date -Is)", "kernel": "$(uname -r)", "tcp_congestion_control": "$(cat /proc/sys/net/ipv4/tcp_congestion_control 2>/dev/null)", "cpus": $(nproc),
  "clk_tck": $HZ, "ringsocks": "$("$RINGSOCKS" --version 2>&1 | head -1)", "socksbench": "${SOCKSBENCH:+yes}",
  "dante": "$(danted -v 2>&1 | head -1 | cut -c1-40)", "microsocks": "$(dpkg-query -W -f='${Version}' microsocks 2>/dev/null)",
  "nginx": "$(nginx -v 2>&1 | cut -d/ -f2)", "wrk": "$(wrk -v 2>&1 | head -1 | cut -d' ' -f2)",

@@ -4,7 +4,7 @@
 set -euo pipefail
 
 PKGS=(build-essential cmake pkg-config liburing-dev libcriterion-dev libc-ares-dev
-      curl python3 dante-server microsocks wrk clang-format)
+      curl python3 dante-server microsocks wrk clang-format iproute2)
 
 missing=()
 for p in "${PKGS[@]}"; do

@@ -96,6 +96,16 @@ if [ ${#persist[@]} -gt 0 ]; then
   printf '  %s\n' "${persist[@]}"
 fi
 
+# Congestion control: a choice for the network, not a limit, so only reported, never applied.
+cc=$(cat /proc/sys/net/ipv4/tcp_congestion_control 2>/dev/null || echo '?')
+echo
+echo "TCP congestion control: $cc (available: $(cat /proc/sys/net/ipv4/tcp_available_congestion_control 2>/dev/null || echo '?'))"
+if [ "$cc" = bbr ]; then
+  echo "  note: bbr paces every socket, loopback included (an hrtimer per burst). Where the proxy's peers are"
+  echo "  local or on a LAN, ringsocks --congestion cubic (or reno) takes pacing off its own sockets only;"
+  echo "  perf/RESULTS.md measured 13% more bulk throughput and 12% less CPU per GB through ringsocks on loopback."
+fi
+
 # Workers and CPUs.
 echo
 echo "CPUs: nproc $(nproc), online $(cat /sys/devices/system/cpu/online 2>/dev/null || echo '?'), this shell may run on $(taskset -pc $$ 2>/dev/null | sed 's/.*: //' || echo '?')"

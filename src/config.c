@@ -43,6 +43,9 @@ static const char usage[] =
     "                              copy (multishot recv into a buffer ring, then send),\n"
     "                              hybrid (copy, then splice once a read fills a buffer)\n"
     "                              (default hybrid)\n"
+    "      --congestion ALG        TCP congestion control of the proxy's own sockets\n"
+    "                              (client and outbound side), e.g. cubic or reno\n"
+    "                              (default: the system's, net.ipv4.tcp_congestion_control)\n"
     "  -v, --verbose               log one line per session\n"
     "  -h, --help                  show this help\n"
     "      --version               show the version\n"
@@ -59,8 +62,8 @@ static const char usage[] =
     "                              the answers back; same SPEC syntax as -L\n"
     "      --via URL               the proxy, socks5://[USER:PASS@]HOST:PORT; repeatable\n"
     "                              (failover)\n"
-    "  -w, --cpus, --resolver, --connect-timeout, --max-conns, --udp-idle-timeout, -v as\n"
-    "                              above\n";
+    "  -w, --cpus, --resolver, --connect-timeout, --max-conns, --udp-idle-timeout, --relay,\n"
+    "  --congestion, -v            as above\n";
 
 enum {
 	OPT_CPUS = 256,
@@ -76,6 +79,7 @@ enum {
 	OPT_BIND_TIMEOUT,
 	OPT_BIND_PORTS,
 	OPT_UDP_IDLE,
+	OPT_CONGESTION,
 };
 
 static const struct option long_opts[] = {
@@ -96,6 +100,7 @@ static const struct option long_opts[] = {
     {"bind-ports", required_argument, NULL, OPT_BIND_PORTS},
     {"udp-idle-timeout", required_argument, NULL, OPT_UDP_IDLE},
     {"relay", required_argument, NULL, OPT_RELAY},
+    {"congestion", required_argument, NULL, OPT_CONGESTION},
     {NULL, 0, NULL, 0},
 };
 
@@ -601,6 +606,15 @@ int config_parse(struct config *cfg, int argc, char **argv, char *err, size_t er
 				FAIL("--relay: '%s' is not splice, splice-sqe, copy or hybrid",
 				     optarg);
 			break;
+		case OPT_CONGESTION: {
+			size_t n = strlen(optarg);
+			if (n == 0 || n >= sizeof(cfg->congestion) ||
+			    strspn(optarg, "abcdefghijklmnopqrstuvwxyz0123456789_-") != n)
+				FAIL("--congestion: '%s' is not an algorithm name (such as cubic)",
+				     optarg);
+			memcpy(cfg->congestion, optarg, n + 1);
+			break;
+		}
 		case 'v':
 			cfg->verbose = 1;
 			break;

@@ -64,6 +64,8 @@ struct config {
 	struct socks5_addr udp_dst[CONFIG_MAX_LISTEN];
 	int nudp;
 	int relay_mode; /* enum relay_mode */
+	/* --congestion: TCP_CONGESTION of the proxy's own TCP sockets; empty: the system's */
+	char congestion[16];
 	int verbose;
 };
 

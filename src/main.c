@@ -20,7 +20,8 @@
 
 #define LISTEN_BACKLOG 4096
 
-static int open_listener(const struct sockaddr_storage *ss, socklen_t len, int cpu)
+static int open_listener(const struct config *cfg, const struct sockaddr_storage *ss, socklen_t len,
+                         int cpu)
 {
 	int one = 1;
 	int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -39,6 +40,8 @@ static int open_listener(const struct sockaddr_storage *ss, socklen_t len, int c
 	/* a pinned worker's listener prefers connections whose packets its CPU handles
 	 * (SO_REUSEPORT picks by SO_INCOMING_CPU since 6.1): the connection stays on one core */
 	if (cpu >= 0 && setsockopt(fd, SOL_SOCKET, SO_INCOMING_CPU, &cpu, sizeof(cpu)) < 0)
+		goto fail;
+	if (worker_set_congestion(cfg, fd) < 0) /* accepted sockets inherit it */
 		goto fail;
 	if (bind(fd, (const struct sockaddr *)ss, len) < 0 || listen(fd, LISTEN_BACKLOG) < 0)
 		goto fail;
@@ -75,6 +78,40 @@ static void raise_nofile(void)
 	}
 }
 
+/* --congestion is checked once here, so that a name the kernel does not know or does not let
+ * this user choose stops the start with a clear message instead of failing per connection. */
+static int check_congestion(const struct config *cfg)
+{
+	char allowed[256] = "";
+	int fd, ret;
+	FILE *f;
+
+	if (!cfg->congestion[0])
+		return 0;
+	fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return 0; /* the listeners will report it */
+	ret = worker_set_congestion(cfg, fd);
+	close(fd);
+	if (ret == 0)
+		return 0;
+	f = fopen(ret == -EPERM ? "/proc/sys/net/ipv4/tcp_allowed_congestion_control"
+	                        : "/proc/sys/net/ipv4/tcp_available_congestion_control",
+	          "r");
+	if (f) {
+		if (!fgets(allowed, sizeof(allowed), f))
+			allowed[0] = 0;
+		allowed[strcspn(allowed, "\n")] = 0;
+		fclose(f);
+	}
+	fprintf(stderr, "ringsocks: --congestion %s: %s (%s here: %s)\n", cfg->congestion,
+	        ret == -EPERM    ? "not allowed for this user"
+	        : ret == -ENOENT ? "no such algorithm"
+	                         : strerror(-ret),
+	        ret == -EPERM ? "allowed" : "available", allowed[0] ? allowed : "unknown");
+	return -1;
+}
+
 int main(int argc, char **argv)
 {
 	struct config cfg;
@@ -89,6 +126,10 @@ int main(int argc, char **argv)
 		return 0;
 	if (ret < 0) {
 		fprintf(stderr, "ringsocks: %s\n", err);
+		return 2;
+	}
+	if (check_congestion(&cfg) < 0) {
+		config_free(&cfg);
 		return 2;
 	}
 	log_verbose = cfg.verbose;
@@ -129,7 +170,7 @@ int main(int argc, char **argv)
 			goto out;
 		}
 		for (int l = 0; l < cfg.nlisten; l++) {
-			int fd = open_listener(&cfg.listen[l], cfg.listen_len[l], w->cpu);
+			int fd = open_listener(&cfg, &cfg.listen[l], cfg.listen_len[l], w->cpu);
 			if (fd < 0) {
 				log_err("cannot listen on %s: %s",
 				        addr_text(&cfg.listen[l], text, sizeof(text)),

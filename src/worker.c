@@ -86,6 +86,16 @@ static void set_nodelay(int fd)
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 }
 
+int worker_set_congestion(const struct config *cfg, int fd)
+{
+	if (!cfg->congestion[0])
+		return 0;
+	if (setsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, cfg->congestion, strlen(cfg->congestion)) <
+	    0)
+		return -errno;
+	return 0;
+}
+
 static void hs_recv(struct worker *w, struct conn *c);
 
 static void on_accept(struct worker *w, uint32_t li, int res, unsigned flags)
@@ -333,6 +343,7 @@ void worker_connect_next(struct worker *w, struct conn *c)
 			break;
 		}
 		set_nodelay(fd);
+		worker_set_congestion(w->cfg, fd); /* checked at start-up */
 		c->tfd = fd;
 		c->state = CONN_CONNECTING;
 		sqe = worker_sqe(w);

@@ -91,6 +91,10 @@ uint64_t worker_now_ms(void);
 /* Used by upstream.c. */
 /* Connect to c->addrs[c->addr_i..naddrs) in turn. */
 void worker_connect_next(struct worker *w, struct conn *c);
+
+/* --congestion: set the configured TCP congestion control on fd (a listener's accepted
+ * sockets inherit it). 0, or -errno; nothing to do without the option. */
+int worker_set_congestion(const struct config *cfg, int fd);
 /* Cancel the operations of c in mask (CONN_OP_BIT); their CQEs still arrive. */
 void worker_cancel_ops(struct worker *w, struct conn *c, uint32_t mask);
 /* Send a reply of len bytes to the client (queued behind one being sent) and stay in the

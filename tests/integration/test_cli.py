@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
 
 FLAGS = ["-l", "--listen", "-w", "--workers", "--cpus", "--user", "--resolver",
-         "--handshake-timeout", "--connect-timeout", "--max-conns", "-v", "--verbose",
+         "--handshake-timeout", "--connect-timeout", "--max-conns", "--congestion", "-v", "--verbose",
          "-h", "--help", "--version"]
 
 
@@ -43,6 +43,32 @@ def task_affinities(pid):
         except FileNotFoundError:
             pass
     return out
+
+
+def read_sysctl(name):
+    with open(f"/proc/sys/{name}") as f:
+        return f.read().strip()
+
+
+def tcp_congestion_by_ports():
+    """{(local port, peer port): congestion algorithm} of the established loopback TCP sockets,
+    as the kernel reports them (ss -ti)."""
+    out = subprocess.run(["ss", "-tinH", "state", "established"], capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    res, key = {}, None
+    for line in out:
+        if not line[:1].isspace():
+            f = line.split()
+            try:
+                key = (int(f[-2].rsplit(":", 1)[1]), int(f[-1].rsplit(":", 1)[1]))
+            except (IndexError, ValueError):
+                key = None
+        elif key is not None:
+            f = line.split()
+            if f:
+                res[key] = f[0]
+            key = None
+    return res
 
 
 @unittest.skipIf(h.PEER, "ringsocks command line")
@@ -151,6 +177,29 @@ class CliTest(unittest.TestCase):
                         break
                     time.sleep(0.02)
                 self.assertEqual(pinned, sorted(want), f"--cpus {cpus} -w {workers}: affinities {aff}")
+
+    def test_congestion_sets_the_algorithm_of_both_sockets(self):
+        """--congestion ALG: the kernel reports ALG on the proxy's accepted socket (inherited from
+        the listener) and on its outbound one, while the test's own socket keeps the system's."""
+        system = read_sysctl("net/ipv4/tcp_congestion_control")
+        alg = "reno" if system != "reno" else "cubic"
+        if alg not in read_sysctl("net/ipv4/tcp_available_congestion_control").split():
+            self.skipTest(f"{alg} is not available here")
+        with h.EchoServer() as echo, h.Proxy(["--congestion", alg]) as p:
+            s, r = h.socks_connect(p, "127.0.0.1", echo.port)
+            with s:
+                self.assertEqual(h.echo_roundtrip(s, b"cc"), b"cc")
+                me = s.getsockname()[1]
+                socks = tcp_congestion_by_ports()
+                self.assertEqual(socks.get((p.port, me)), alg, f"proxy's client side: {socks}")
+                self.assertEqual(socks.get((r.port, echo.port)), alg, f"proxy's outbound: {socks}")
+                self.assertEqual(socks.get((me, p.port)), system, "our own socket keeps the system's")
+
+    def test_congestion_unknown_algorithm_stops_the_start(self):
+        rc, _, err = run(["--congestion", "nosuchalg", "-l", f"127.0.0.1:{h.unused_port()}"])
+        self.assertEqual(rc, 2, err)
+        self.assertIn("--congestion nosuchalg: no such algorithm", err)
+        self.assertEqual(len(err.strip().splitlines()), 1, err)
 
     def test_workers_threads(self):
         for w in (1, 3):

@@ -301,3 +301,30 @@ Test(config, tunnel_udp_ports)
 	cr_assert_not_null(strstr(err, "-U"), "%s", err);
 	config_free(&cfg);
 }
+
+Test(config, congestion)
+{
+	struct config cfg;
+	char err[256];
+	char *argv[] = {"ringsocks", NULL};
+	cr_assert_eq(parse(&cfg, err, 1, argv), 0);
+	cr_assert_str_empty(cfg.congestion, "the system's algorithm unless asked");
+	config_free(&cfg);
+	cr_assert_eq(parse(&cfg, err, 3, ARGS("--congestion", "reno")), 0);
+	cr_assert_str_eq(cfg.congestion, "reno");
+	config_free(&cfg);
+	cr_assert_eq(parse(&cfg, err, 3, ARGS("--congestion", "bbr; rm")), -EINVAL);
+	cr_assert_not_null(strstr(err, "--congestion"), "%s", err);
+	config_free(&cfg);
+	cr_assert_eq(parse(&cfg, err, 3, ARGS("--congestion", "")), -EINVAL);
+	config_free(&cfg);
+	cr_assert_eq(parse(&cfg, err, 3, ARGS("--congestion", "abcdefghijklmnop")), -EINVAL,
+	             "16 characters do not fit the kernel's name");
+	config_free(&cfg);
+	cr_assert_eq(parse(&cfg, err, 8,
+	                   ARGS("tunnel", "-L", "1081:127.0.0.1:80", "--via",
+	                        "socks5://127.0.0.1:1080", "--congestion", "cubic")),
+	             0, "%s", err);
+	cr_assert_str_eq(cfg.congestion, "cubic");
+	config_free(&cfg);
+}
