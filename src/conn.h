@@ -107,6 +107,7 @@ enum { DIR_UP = 0, DIR_DOWN = 1 };
 #define DIR_READABLE   0x80  /* splice-sqe: readiness seen while a splice was in flight */
 #define DIR_PIPE_WAIT  0x100 /* waiting for a pipe from the worker's pool */
 #define DIR_LARGE_READ 0x200 /* hybrid: the last read was large */
+#define DIR_SEND_DUE   0x400 /* copy: a send starts after this batch of completions */
 
 struct relay_dir {
 	int32_t pipe;         /* index in the worker's pipe pool, -1 when none is lent */

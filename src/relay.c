@@ -520,8 +520,11 @@ static void copy_send_head(struct worker *w, struct conn *c, int d)
 	struct relay_bufs *b = &w->bufs;
 	struct io_uring_sqe *sqe = worker_sqe(w);
 
+	/* after the source's EOF a shutdown or close follows as soon as this is out: MSG_MORE
+	 * holds a short tail back so that the FIN leaves in the same segment */
 	io_uring_prep_send(sqe, dst_fd(c, d), b->mem + (size_t)rd->qhead * b->size + rd->qoff,
-	                   b->len[rd->qhead] - rd->qoff, MSG_NOSIGNAL);
+	                   b->len[rd->qhead] - rd->qoff,
+	                   MSG_NOSIGNAL | ((rd->flags & DIR_EOF) ? MSG_MORE : 0));
 	sqe->user_data = worker_op(w, c, out_op(d));
 }
 
@@ -600,8 +603,12 @@ static void copy_recv_done(struct worker *w, struct conn *c, int d, int res, uns
 			rd->qhead = bid;
 		rd->qtail = bid;
 		rd->qbytes += (uint32_t)res;
-		if (!(c->pending & CONN_OP_BIT(out_op(d))))
-			copy_send_head(w, c, d);
+		if (!(c->pending & CONN_OP_BIT(out_op(d))) && !(rd->flags & DIR_SEND_DUE)) {
+			/* sent once this batch of completions is handled: an EOF in the same batch
+			 * then rides with the data (see copy_send_head) */
+			rd->flags |= DIR_SEND_DUE;
+			queue_dir(w, c, d);
+		}
 		if (w->cfg->relay_mode == RELAY_HYBRID && (rd->flags & DIR_COPY) &&
 		    hybrid_is_bulk(rd, (uint32_t)res, b->size)) {
 			/* bulk: splice the rest */
@@ -746,9 +753,17 @@ void relay_event(struct worker *w, struct conn *c, int op, unsigned flags, int r
 
 void relay_resume(struct worker *w, struct conn *c, int d)
 {
-	c->dir[d].flags &= (uint16_t)~DIR_QUEUED;
+	struct relay_dir *rd = &c->dir[d];
+
+	rd->flags &= (uint16_t)~DIR_QUEUED;
 	if (c->state != CONN_RELAY)
 		return;
+	if (rd->flags & DIR_SEND_DUE) {
+		rd->flags &= (uint16_t)~DIR_SEND_DUE;
+		if (rd->qhead >= 0 && !(c->pending & CONN_OP_BIT(out_op(d))))
+			copy_send_head(w, c, d);
+		return;
+	}
 	if (w->cfg->relay_mode == RELAY_SPLICE_SQE)
 		sqe_readable(w, c, d);
 	else

@@ -204,6 +204,8 @@ class CliTest(unittest.TestCase):
     def test_workers_threads(self):
         for w in (1, 3):
             with self.subTest(workers=w), h.Proxy(workers=w) as p:
+                # the listeners accept (in the kernel) before the worker threads have started
+                h.wait_for(lambda: p.threads() >= w, 3 * h.SLOW, what=f"{w} worker threads")
                 n = p.threads()
                 self.assertGreaterEqual(n, w, f"-w {w} but {n} threads")
                 self.assertLessEqual(n, w + 4)

@@ -185,6 +185,40 @@ class RelayTest(h.EchoProxyTestCase):
                 data, how = h.read_to_close(s, timeout=10 * h.SLOW)
                 self.assertEqual(data, b"")
 
+    @unittest.skipIf(h.PEER or any(a.startswith("splice") for a in h.EXTRA_ARGS),
+                     "the copy-based relays (hybrid, the default, and copy) merge the FIN")
+    def test_fin_leaves_with_the_last_data(self):
+        """A destination that sends its answer and its FIN together (nginx's sendfile-then-close
+        on loopback): the client gets both in one segment, as it would direct, instead of the
+        data and then a lone FIN. Counted by the kernel: tcpi_segs_in of the client's socket."""
+        go = threading.Event()
+        answer = b"HTTP/1.0 200 OK\r\n\r\n" + b"x" * 100
+
+        def handler(c, addr):
+            go.wait(10)
+            c.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)  # data and FIN in one segment
+            c.sendall(answer)
+            c.shutdown(socket.SHUT_WR)
+            c.recv(1)
+
+        def segs_in(sock):
+            info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+            return struct.unpack_from("I", info, 140)[0]  # tcpi_segs_in
+
+        with h.ThreadedServer(handler) as srv:
+            for i in range(3):
+                with self.subTest(round=i):
+                    go.clear()
+                    s, r = h.socks_connect(self.proxy, "127.0.0.1", srv.port)
+                    with s:
+                        time.sleep(0.05)  # any ACK of the request has come
+                        before = segs_in(s)
+                        go.set()
+                        data, how = h.read_to_close(s, timeout=10 * h.SLOW)
+                        self.assertEqual(data, answer)
+                        self.assertEqual(segs_in(s) - before, 1,
+                                         "the answer and the FIN came in separate segments")
+
     def test_destination_resets(self):
         def handler(c, addr):
             c.sendall(b"partial")
