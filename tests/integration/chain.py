@@ -117,10 +117,14 @@ class Dante(ExternalProxy):
                     "clientmethod: none\n"
                     "user.privileged: root\n"
                     "user.unprivileged: nobody\n"
-                    "client pass {\n  from: 127.0.0.0/8 to: 0.0.0.0/0\n  log: error connect disconnect\n}\n"
-                    "socks pass {\n  from: 127.0.0.0/8 to: 0.0.0.0/0\n  command: connect\n"
-                    "  log: error connect disconnect\n}\n")
+                    + self.rules())
         return ["setsid", DANTE_BIN, "-f", self.conf_path, "-N", "1", "-p", self.pid_path]
+
+    def rules(self):
+        """The configuration's pass rules: CONNECT only, every session logged."""
+        return ("client pass {\n  from: 127.0.0.0/8 to: 0.0.0.0/0\n  log: error connect disconnect\n}\n"
+                "socks pass {\n  from: 127.0.0.0/8 to: 0.0.0.0/0\n  command: connect\n"
+                "  log: error connect disconnect\n}\n")
 
     def log(self):
         try:
@@ -192,22 +196,13 @@ class DanteAll(Dante):
     """Dante allowing BIND (and its incoming connection, 'bindreply') and UDP ASSOCIATE (and its
     answers, 'udpreply') besides CONNECT."""
 
-    def argv(self, port):
-        argv = super().argv(port)
-        with open(self.conf_path, "w") as f:
-            f.write(f"logoutput: {self.log_path}\n"
-                    f"internal: {self.host} port = {port}\n"
-                    "external: 127.0.0.1\n"
-                    "socksmethod: none\n"
-                    "clientmethod: none\n"
-                    "user.privileged: root\n"
-                    "user.unprivileged: nobody\n"
-                    "client pass {\n  from: 127.0.0.0/8 to: 0.0.0.0/0\n  log: error\n}\n"
-                    "socks pass {\n  from: 127.0.0.0/8 to: 0.0.0.0/0\n"
-                    "  command: bind connect udpassociate\n  log: error\n}\n"
-                    "socks pass {\n  from: 0.0.0.0/0 to: 127.0.0.0/8\n"
-                    "  command: bindreply udpreply\n  log: error\n}\n")
-        return argv
+    def rules(self):
+        return ("client pass {\n  from: 127.0.0.0/8 to: 0.0.0.0/0\n  log: error\n}\n"
+                "socks pass {\n  from: 127.0.0.0/8 to: 0.0.0.0/0\n"
+                "  command: bind connect udpassociate\n  log: error\n}\n"
+                "socks pass {\n  from: 0.0.0.0/0 to: 127.0.0.0/8\n"
+                "  command: bindreply udpreply\n  log: error\n}\n")
+
 
 def forwarder(upstreams, args=(), **kw):
     """ringsocks in forwarder mode: one --upstream per entry (URL string, h.Proxy, or

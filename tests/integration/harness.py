@@ -538,6 +538,28 @@ def drain_hash(sock):
         n += len(b)
 
 
+def send_and_drain(sock, data, timeout):
+    """Send data and then SHUT_WR from a thread while reading sock to EOF here (both directions at
+    once). Returns (byte count read, its sha256 hex, the sender's errors: an exception's repr, or
+    "did not finish" when it was still sending after timeout)."""
+    errs = []
+
+    def send():
+        try:
+            send_all_chunks(sock, data)
+            sock.shutdown(socket.SHUT_WR)
+        except Exception as e:  # noqa: BLE001
+            errs.append(repr(e))
+
+    th = threading.Thread(target=send)
+    th.start()
+    n, digest = drain_hash(sock)
+    th.join(timeout)
+    if th.is_alive():
+        errs.append("did not finish")
+    return n, digest, errs
+
+
 def check_serving(proxy, auth=None):
     """A plain CONNECT to a fresh echo server through the proxy works: exact bytes back."""
     with EchoServer() as echo:

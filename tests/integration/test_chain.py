@@ -157,41 +157,17 @@ class ChainTest(unittest.TestCase):
         def handler(cs, addr):
             if not read_token(cs, token):
                 return None
-            errs = []
-
-            def send():
-                try:
-                    h.send_all_chunks(cs, down)
-                    cs.shutdown(socket.SHUT_WR)
-                except Exception as e:  # noqa: BLE001
-                    errs.append(repr(e))
-
-            th = threading.Thread(target=send)
-            th.start()
-            res = h.drain_hash(cs)
-            th.join(120 * h.SLOW)
-            if errs or th.is_alive():
-                raise AssertionError(f"destination send: {errs or 'did not finish'}")
-            return res
+            n, digest, errs = h.send_and_drain(cs, down, 120 * h.SLOW)
+            if errs:
+                raise AssertionError(f"destination send: {errs}")
+            return n, digest
 
         with h.ThreadedServer(handler) as srv:
             t = self.tunnel_to(srv.port)
             with self.connect(t, token) as s:
                 s.settimeout(120 * h.SLOW)
-                errs = []
-
-                def upload():
-                    try:
-                        h.send_all_chunks(s, up)
-                        s.shutdown(socket.SHUT_WR)
-                    except Exception as e:  # noqa: BLE001
-                        errs.append(repr(e))
-
                 t0 = time.monotonic()
-                th = threading.Thread(target=upload)
-                th.start()
-                n, digest = h.drain_hash(s)
-                th.join(120 * h.SLOW)
+                n, digest, errs = h.send_and_drain(s, up, 120 * h.SLOW)
                 srv.wait_done(timeout=120 * h.SLOW)
                 elapsed = time.monotonic() - t0
             self.assertEqual(errs, [])

@@ -79,30 +79,15 @@ class RelayTest(h.EchoProxyTestCase):
         down = os.urandom(64 * MiB)
 
         def handler(c, addr):
-            t = threading.Thread(target=lambda: (h.send_all_chunks(c, down), c.shutdown(socket.SHUT_WR)))
-            t.start()
-            res = h.drain_hash(c)
-            t.join(60 * h.SLOW)
-            return res
+            n, digest, _ = h.send_and_drain(c, down, 60 * h.SLOW)
+            return n, digest
 
         with h.ThreadedServer(handler) as srv:
             s, _ = h.socks_connect(self.proxy, "127.0.0.1", srv.port)
             with s:
                 s.settimeout(60 * h.SLOW)
-                errs = []
-
-                def upload():
-                    try:
-                        h.send_all_chunks(s, up)
-                        s.shutdown(socket.SHUT_WR)
-                    except Exception as e:
-                        errs.append(e)
-
                 t0 = time.monotonic()
-                t = threading.Thread(target=upload)
-                t.start()
-                n, digest = h.drain_hash(s)
-                t.join(60 * h.SLOW)
+                n, digest, errs = h.send_and_drain(s, up, 60 * h.SLOW)
                 srv.wait_done(timeout=60 * h.SLOW)
                 elapsed = time.monotonic() - t0
             self.assertEqual(errs, [])
