@@ -5,7 +5,6 @@ both directions and 64 MiB each way at once, sha256 at both ends; curl through t
 import os
 import socket
 import sys
-import threading
 import time
 import unittest
 
