@@ -177,12 +177,15 @@ static void buf_return(struct worker *w, int32_t bid)
 	io_uring_buf_ring_add(b->br, b->mem + (size_t)bid * b->size, b->size, (uint16_t)bid,
 	                      (int)b->mask, 0);
 	io_uring_buf_ring_advance(b->br, 1);
+	b->held--;
 }
 
 void relay_drop_buffer(struct worker *w, unsigned cqe_flags)
 {
-	if (w->bufs.br)
+	if (w->bufs.br) {
+		w->bufs.held++;
 		buf_return(w, (int32_t)(cqe_flags >> IORING_CQE_BUFFER_SHIFT));
+	}
 }
 
 /* ---- helpers shared by the modes ---- */
@@ -595,6 +598,7 @@ static void copy_recv_done(struct worker *w, struct conn *c, int d, int res, uns
 
 	if (res > 0) {
 		int32_t bid = (int32_t)(flags >> IORING_CQE_BUFFER_SHIFT);
+		b->held++;
 		b->len[bid] = (uint32_t)res;
 		b->next[bid] = -1;
 		if (rd->qtail >= 0)
@@ -642,9 +646,18 @@ static void copy_recv_done(struct worker *w, struct conn *c, int d, int res, uns
 			start_splicing(w, c, d);
 		return;
 	}
-	if (res == -ENOBUFS)
+	if (res == -ENOBUFS) {
 		starve(w, c, d);
-	/* -ECANCELED: paused by flow control; copy_send_done reads again */
+		/* the buffers may all have come back between the kernel's try and this completion:
+		 * then no later return would wake the direction */
+		if (b->held < b->count)
+			feed_starved(w);
+		return;
+	}
+	/* -ECANCELED: paused by flow control. copy_send_done reads again once the queue is out;
+	 * if it has already run dry, it found this recv still in flight and left it to us. */
+	if ((rd->flags & DIR_PAUSED) && rd->qhead < 0 && !(rd->flags & DIR_EOF))
+		copy_arm_recv(w, c, d);
 }
 
 static void copy_send_done(struct worker *w, struct conn *c, int d, int res)

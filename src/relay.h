@@ -49,6 +49,7 @@ struct relay_bufs {
 	uint32_t count, size, mask;
 	int32_t *next;     /* queue links, one per buffer id */
 	uint32_t *len;     /* bytes received into each buffer */
+	uint32_t held;     /* buffers filled by the kernel and not yet given back */
 	uint64_t *starved; /* directions waiting for a buffer (user_data form), a ring */
 	uint32_t starved_head, starved_len, starved_cap;
 };

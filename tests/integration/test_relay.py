@@ -163,6 +163,51 @@ class RelayTest(h.EchoProxyTestCase):
         self.assertEqual(errs, [])
         self.assertEqual(results, {i: True for i in range(16)})
 
+    def test_flow_control_under_load(self):
+        """Rounds of 8 connections each moving 16 MiB both ways at once: every direction fills
+        its queue, stops reading and must read again once its queue is out, however the
+        completions of the stopped read and of the sends interleave. A direction that is never
+        woken again stalls its connection (the sockets' 5 s timeout turns that into a failure);
+        this caught, in about one round in four, a copy relay whose cancelled read completed
+        after the send that emptied the queue."""
+        up, down = os.urandom(16 * MiB), os.urandom(16 * MiB)
+        want_up, want_down = (len(up), h.sha256(up)), (len(down), h.sha256(down))
+        stall = 5 * h.SLOW
+
+        def handler(c, addr):
+            c.settimeout(stall)
+            n, digest, errs = h.send_and_drain(c, down, stall)
+            return (n, digest), errs
+
+        deadline = time.monotonic() + 8 * h.SLOW
+        for rnd in range(8):
+            if rnd >= 2 and time.monotonic() > deadline:
+                break
+            got, errs = {}, []
+
+            def client(i):
+                try:
+                    s, _ = h.socks_connect(self.proxy, "127.0.0.1", srv.port)
+                    with s:
+                        s.settimeout(stall)
+                        n, digest, e = h.send_and_drain(s, up, stall)
+                        got[i] = (n, digest)
+                        errs.extend(e)
+                except Exception as e:  # noqa: BLE001
+                    errs.append(f"{i}: {e!r}")
+
+            with h.ThreadedServer(handler) as srv:
+                threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join(4 * stall)
+                srv.wait_done(8, timeout=4 * stall)
+            self.assertEqual(errs, [], f"round {rnd}")
+            self.assertEqual(got, {i: want_down for i in range(8)}, f"round {rnd}: client side")
+            self.assertEqual(srv.errors, [], f"round {rnd}")
+            self.assertEqual(srv.results, [(want_up, [])] * 8, f"round {rnd}: destination side")
+
     def test_destination_closes_at_once(self):
         with h.ThreadedServer(lambda c, a: None) as srv:
             s, r = h.socks_connect(self.proxy, "127.0.0.1", srv.port)
