@@ -208,6 +208,43 @@ class RelayTest(h.EchoProxyTestCase):
             self.assertEqual(srv.errors, [], f"round {rnd}")
             self.assertEqual(srv.results, [(want_up, [])] * 8, f"round {rnd}: destination side")
 
+    def test_more_directions_than_buffers(self):
+        """32 connections move 4 MiB both ways at once: 64 busy directions want more buffers
+        than the copy relays' rings hold (32 a worker), so some directions stop reading for
+        want of a buffer and must be woken as buffers come back. Every byte arrives intact."""
+        up, down = os.urandom(4 * MiB), os.urandom(4 * MiB)
+        want_up, want_down = (len(up), h.sha256(up)), (len(down), h.sha256(down))
+        stall = 10 * h.SLOW
+        got, errs = {}, []
+
+        def handler(c, addr):
+            c.settimeout(stall)
+            n, digest, e = h.send_and_drain(c, down, stall)
+            return (n, digest), e
+
+        def client(i):
+            try:
+                s, _ = h.socks_connect(self.proxy, "127.0.0.1", srv.port)
+                with s:
+                    s.settimeout(stall)
+                    n, digest, e = h.send_and_drain(s, up, stall)
+                    got[i] = (n, digest)
+                    errs.extend(e)
+            except Exception as e:  # noqa: BLE001
+                errs.append(f"{i}: {e!r}")
+
+        with h.ThreadedServer(handler) as srv:
+            threads = [threading.Thread(target=client, args=(i,)) for i in range(32)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(4 * stall)
+            srv.wait_done(32, timeout=4 * stall)
+        self.assertEqual(errs, [])
+        self.assertEqual(got, {i: want_down for i in range(32)}, "client side")
+        self.assertEqual(srv.errors, [])
+        self.assertEqual(srv.results, [(want_up, [])] * 32, "destination side")
+
     def test_destination_closes_at_once(self):
         with h.ThreadedServer(lambda c, a: None) as srv:
             s, r = h.socks_connect(self.proxy, "127.0.0.1", srv.port)
