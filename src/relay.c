@@ -171,6 +171,8 @@ void relay_destroy(struct worker *w)
 	memset(b, 0, sizeof(*b));
 }
 
+static void feed_starved(struct worker *w);
+
 static void buf_return(struct worker *w, int32_t bid)
 {
 	struct relay_bufs *b = &w->bufs;
@@ -185,6 +187,7 @@ void relay_drop_buffer(struct worker *w, unsigned cqe_flags)
 	if (w->bufs.br) {
 		w->bufs.held++;
 		buf_return(w, (int32_t)(cqe_flags >> IORING_CQE_BUFFER_SHIFT));
+		feed_starved(w);
 	}
 }
 
@@ -328,6 +331,7 @@ void relay_release(struct worker *w, struct conn *c)
 		rd->qtail = -1;
 		rd->qbytes = 0;
 	}
+	feed_starved(w); /* the buffers this connection held */
 }
 
 static int hard_error(int err)
@@ -542,12 +546,17 @@ static void starve(struct worker *w, struct conn *c, int d)
 	    conn_ud((enum conn_op)d, c->gen, conn_index(&w->conns, c));
 }
 
-/* A buffer came back: let one starved direction read again. */
+/* Buffers are free: let starved directions read again, as many as there are free buffers
+ * (each takes at least one, or sees its EOF and takes none). A direction left starved while
+ * buffers are free is never woken again, so this runs wherever buffers come back, after every
+ * EOF (a direction woken only for its EOF gives no buffer back) and after a starving read
+ * (the buffers may have come back before it completed). */
 static void feed_starved(struct worker *w)
 {
 	struct relay_bufs *b = &w->bufs;
+	uint32_t avail = b->count - b->held;
 
-	while (b->starved_len) {
+	while (b->starved_len && avail) {
 		uint64_t ud = b->starved[b->starved_head];
 		struct conn *c;
 		int d = (int)conn_ud_op(ud);
@@ -559,7 +568,7 @@ static void feed_starved(struct worker *w)
 		    (c->dir[d].flags & (DIR_STARVED | DIR_COPY)) == (DIR_STARVED | DIR_COPY) &&
 		    !(c->pending & CONN_OP_BIT(in_op(d)))) {
 			copy_arm_recv(w, c, d);
-			return;
+			avail--;
 		}
 	}
 }
@@ -632,6 +641,9 @@ static void copy_recv_done(struct worker *w, struct conn *c, int d, int res, uns
 	}
 	if (res == 0) {
 		rd->flags |= DIR_EOF;
+		/* an EOF takes no buffer: a direction woken from starvation that only had its EOF
+		 * to read gives none back, so the next starved one is woken here */
+		feed_starved(w);
 		if (rd->qhead < 0)
 			finish_dir(w, c, d);
 		return;
@@ -648,10 +660,7 @@ static void copy_recv_done(struct worker *w, struct conn *c, int d, int res, uns
 	}
 	if (res == -ENOBUFS) {
 		starve(w, c, d);
-		/* the buffers may all have come back between the kernel's try and this completion:
-		 * then no later return would wake the direction */
-		if (b->held < b->count)
-			feed_starved(w);
+		feed_starved(w);
 		return;
 	}
 	/* -ECANCELED: paused by flow control. copy_send_done reads again once the queue is out;

@@ -1,5 +1,6 @@
 """The relay phase: half-close in both directions, 64 MiB each way at once, back-pressure,
-ping-pong latency, concurrent transfers, destinations that close or reset."""
+ping-pong latency, concurrent transfers, flow control and buffer starvation under load,
+destinations that close or reset."""
 
 import os
 import socket
@@ -244,6 +245,45 @@ class RelayTest(h.EchoProxyTestCase):
         self.assertEqual(got, {i: want_down for i in range(32)}, "client side")
         self.assertEqual(srv.errors, [])
         self.assertEqual(srv.results, [(want_up, [])] * 32, "destination side")
+
+    def test_starved_reads_resume_when_holders_close(self):
+        """One worker. 20 relays whose clients do not read while their destinations send 8 MiB
+        each: the copy relay queues what it reads until its buffers are all taken. Then 10
+        relays to the echo server send a line and their EOF; with no buffer free their reads
+        wait. Then the 20 holders' clients reset: their buffers come back as those relays
+        close, and the waiting relays must read, echo and finish. (Waking a starved read only
+        when a send gave a buffer back left them waiting for ever.)"""
+        stall = 5 * h.SLOW
+        blob = os.urandom(8 * MiB)
+
+        def flood(c, addr):
+            try:
+                c.sendall(blob)
+            except OSError:
+                pass  # the client reset: expected
+
+        with h.Proxy(workers=1) as p, h.ThreadedServer(flood) as dst:
+            holders = []
+            for _ in range(20):
+                s, _ = h.socks_connect(p, "127.0.0.1", dst.port)
+                holders.append(s)
+            time.sleep(1.0 * h.SLOW)  # every buffer on the way fills up
+            waiting = []
+            for i in range(10):
+                s, _ = h.socks_connect(p, "127.0.0.1", self.echo.port)
+                s.sendall(b"line %d\n" % i)
+                s.shutdown(socket.SHUT_WR)
+                waiting.append(s)
+            time.sleep(0.3 * h.SLOW)
+            for s in holders:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                s.close()
+            for i, s in enumerate(waiting):
+                with s:
+                    data, how = h.read_to_close(s, timeout=stall)
+                    self.assertEqual((data, how), (b"line %d\n" % i, "eof"), f"relay {i}")
+            dst.wait_done(20, timeout=stall)
+            h.check_serving(p)
 
     def test_destination_closes_at_once(self):
         with h.ThreadedServer(lambda c, a: None) as srv:
