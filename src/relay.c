@@ -784,8 +784,9 @@ void relay_resume(struct worker *w, struct conn *c, int d)
 		rd->flags &= (uint16_t)~DIR_SEND_DUE;
 		if (rd->qhead >= 0 && !(c->pending & CONN_OP_BIT(out_op(d))))
 			copy_send_head(w, c, d);
-		return;
 	}
+	if (rd->flags & (DIR_COPY | DIR_SWITCHING))
+		return; /* copying: driven by its recv and send completions */
 	if (w->cfg->relay_mode == RELAY_SPLICE_SQE)
 		sqe_readable(w, c, d);
 	else
