@@ -53,7 +53,7 @@ struct conn *conn_alloc(struct conn_table *t)
 	c->result = 0xFF;
 	c->tx_base = c->txbuf;
 	for (int d = 0; d < 2; d++)
-		c->dir[d].pipe = c->dir[d].qhead = c->dir[d].qtail = -1;
+		c->dir[d].pipe = -1;
 	t->live++;
 	return c;
 }

@@ -109,14 +109,16 @@ enum { DIR_UP = 0, DIR_DOWN = 1 };
 #define DIR_LARGE_READ 0x200 /* hybrid: the last read was large */
 #define DIR_SEND_DUE   0x400 /* copy: a send starts after this batch of completions */
 
+struct relay_chunk;
+
 struct relay_dir {
-	int32_t pipe;         /* index in the worker's pipe pool, -1 when none is lent */
-	uint32_t inpipe;      /* bytes sitting in the pipe */
-	uint16_t flags;       /* DIR_* */
-	int32_t qhead, qtail; /* copy: buffer ids waiting to be sent, -1 when none */
-	uint32_t qoff;        /* copy: bytes of the head buffer already sent */
-	uint32_t qbytes;      /* copy: bytes queued */
-	uint64_t bytes;       /* bytes delivered to the destination */
+	struct relay_chunk *qhead, *qtail; /* copy: what waits to be sent, NULL when nothing */
+	uint64_t bytes;                    /* bytes delivered to the destination */
+	int32_t pipe;    /* index in the worker's pipe pool, -1 when none is lent */
+	uint32_t inpipe; /* bytes sitting in the pipe */
+	uint32_t qoff;   /* copy: bytes of the head chunk already sent */
+	uint32_t qbytes; /* copy: bytes queued */
+	uint16_t flags;  /* DIR_* */
 };
 
 struct conn {

@@ -132,11 +132,9 @@ int relay_init(struct worker *w, uint32_t slots)
 		b->mem = NULL;
 		return -errno;
 	}
-	b->next = calloc(b->count, sizeof(*b->next));
-	b->len = calloc(b->count, sizeof(*b->len));
 	b->starved_cap = slots * 2;
 	b->starved = calloc(b->starved_cap, sizeof(*b->starved));
-	if (!b->next || !b->len || !b->starved)
+	if (!b->starved)
 		return -ENOMEM;
 	io_uring_buf_ring_init(b->br);
 	memset(&reg, 0, sizeof(reg));
@@ -165,8 +163,11 @@ void relay_destroy(struct worker *w)
 		munmap(b->br, sizeof(struct io_uring_buf) * b->count);
 	if (b->mem)
 		munmap(b->mem, (size_t)b->count * b->size);
-	free(b->next);
-	free(b->len);
+	while (b->spare) {
+		struct relay_chunk *ch = b->spare;
+		b->spare = ch->next;
+		free(ch);
+	}
 	free(b->starved);
 	memset(b, 0, sizeof(*b));
 }
@@ -318,20 +319,51 @@ static int take_pipe(struct worker *w, struct conn *c, struct relay_dir *rd)
 	return -1;
 }
 
+/* A chunk for a direction's queue: a spare one, or a new one (NULL when out of memory). */
+static struct relay_chunk *chunk_get(struct worker *w)
+{
+	struct relay_bufs *b = &w->bufs;
+	struct relay_chunk *ch = b->spare;
+
+	if (ch) {
+		b->spare = ch->next;
+		b->nspare--;
+	} else {
+		ch = malloc(sizeof(*ch) + b->size);
+		if (!ch)
+			return NULL;
+	}
+	ch->next = NULL;
+	ch->len = 0;
+	return ch;
+}
+
+static void chunk_put(struct worker *w, struct relay_chunk *ch)
+{
+	struct relay_bufs *b = &w->bufs;
+
+	if (b->nspare >= RELAY_CHUNKS_KEPT) {
+		free(ch);
+		return;
+	}
+	ch->next = b->spare;
+	b->spare = ch;
+	b->nspare++;
+}
+
 void relay_release(struct worker *w, struct conn *c)
 {
 	for (int d = 0; d < 2; d++) {
 		struct relay_dir *rd = &c->dir[d];
 		release_pipe(w, rd);
-		while (rd->qhead >= 0) {
-			int32_t bid = rd->qhead;
-			rd->qhead = w->bufs.next[bid];
-			buf_return(w, bid);
+		while (rd->qhead) {
+			struct relay_chunk *ch = rd->qhead;
+			rd->qhead = ch->next;
+			chunk_put(w, ch);
 		}
-		rd->qtail = -1;
+		rd->qtail = NULL;
 		rd->qbytes = 0;
 	}
-	feed_starved(w); /* the buffers this connection held */
 }
 
 static int hard_error(int err)
@@ -524,13 +556,11 @@ static void copy_arm_recv(struct worker *w, struct conn *c, int d)
 static void copy_send_head(struct worker *w, struct conn *c, int d)
 {
 	struct relay_dir *rd = &c->dir[d];
-	struct relay_bufs *b = &w->bufs;
 	struct io_uring_sqe *sqe = worker_sqe(w);
 
 	/* after the source's EOF a shutdown or close follows as soon as this is out: MSG_MORE
 	 * holds a short tail back so that the FIN leaves in the same segment */
-	io_uring_prep_send(sqe, dst_fd(c, d), b->mem + (size_t)rd->qhead * b->size + rd->qoff,
-	                   b->len[rd->qhead] - rd->qoff,
+	io_uring_prep_send(sqe, dst_fd(c, d), rd->qhead->data + rd->qoff, rd->qhead->len - rd->qoff,
 	                   MSG_NOSIGNAL | ((rd->flags & DIR_EOF) ? MSG_MORE : 0));
 	sqe->user_data = worker_op(w, c, out_op(d));
 }
@@ -607,14 +637,28 @@ static void copy_recv_done(struct worker *w, struct conn *c, int d, int res, uns
 
 	if (res > 0) {
 		int32_t bid = (int32_t)(flags >> IORING_CQE_BUFFER_SHIFT);
+		struct relay_chunk *ch = rd->qtail;
+
 		b->held++;
-		b->len[bid] = (uint32_t)res;
-		b->next[bid] = -1;
-		if (rd->qtail >= 0)
-			b->next[rd->qtail] = bid;
-		else
-			rd->qhead = bid;
-		rd->qtail = bid;
+		/* into the queue's last chunk if it has room (a send in flight from it covers only
+		 * the bytes it had), else into a new one; the ring's buffer goes back at once */
+		if (!ch || b->size - ch->len < (uint32_t)res) {
+			ch = chunk_get(w);
+			if (!ch) {
+				buf_return(w, bid);
+				worker_conn_close(w, c, "out of memory");
+				return;
+			}
+			if (rd->qtail)
+				rd->qtail->next = ch;
+			else
+				rd->qhead = ch;
+			rd->qtail = ch;
+		}
+		memcpy(ch->data + ch->len, b->mem + (size_t)bid * b->size, (size_t)res);
+		ch->len += (uint32_t)res;
+		buf_return(w, bid);
+		feed_starved(w);
 		rd->qbytes += (uint32_t)res;
 		if (!(c->pending & CONN_OP_BIT(out_op(d))) && !(rd->flags & DIR_SEND_DUE)) {
 			/* sent once this batch of completions is handled: an EOF in the same batch
@@ -644,7 +688,7 @@ static void copy_recv_done(struct worker *w, struct conn *c, int d, int res, uns
 		/* an EOF takes no buffer: a direction woken from starvation that only had its EOF
 		 * to read gives none back, so the next starved one is woken here */
 		feed_starved(w);
-		if (rd->qhead < 0)
+		if (!rd->qhead)
 			finish_dir(w, c, d);
 		return;
 	}
@@ -654,7 +698,7 @@ static void copy_recv_done(struct worker *w, struct conn *c, int d, int res, uns
 	}
 	if (!more && (rd->flags & DIR_SWITCHING)) {
 		/* hybrid: the recv has ended; splice once the queued buffers are out */
-		if (rd->qhead < 0)
+		if (!rd->qhead)
 			start_splicing(w, c, d);
 		return;
 	}
@@ -665,14 +709,13 @@ static void copy_recv_done(struct worker *w, struct conn *c, int d, int res, uns
 	}
 	/* -ECANCELED: paused by flow control. copy_send_done reads again once the queue is out;
 	 * if it has already run dry, it found this recv still in flight and left it to us. */
-	if ((rd->flags & DIR_PAUSED) && rd->qhead < 0 && !(rd->flags & DIR_EOF))
+	if ((rd->flags & DIR_PAUSED) && !rd->qhead && !(rd->flags & DIR_EOF))
 		copy_arm_recv(w, c, d);
 }
 
 static void copy_send_done(struct worker *w, struct conn *c, int d, int res)
 {
 	struct relay_dir *rd = &c->dir[d];
-	struct relay_bufs *b = &w->bufs;
 
 	if (res < 0) {
 		worker_conn_close(w, c, d == DIR_UP ? "target write error" : "client write error");
@@ -681,16 +724,15 @@ static void copy_send_done(struct worker *w, struct conn *c, int d, int res)
 	rd->qoff += (uint32_t)res;
 	rd->qbytes -= (uint32_t)res;
 	rd->bytes += (uint64_t)res;
-	if (rd->qoff == b->len[rd->qhead]) {
-		int32_t bid = rd->qhead;
-		rd->qhead = b->next[bid];
-		if (rd->qhead < 0)
-			rd->qtail = -1;
+	if (rd->qoff == rd->qhead->len) {
+		struct relay_chunk *ch = rd->qhead;
+		rd->qhead = ch->next;
+		if (!rd->qhead)
+			rd->qtail = NULL;
 		rd->qoff = 0;
-		buf_return(w, bid);
-		feed_starved(w);
+		chunk_put(w, ch);
 	}
-	if (rd->qhead >= 0) {
+	if (rd->qhead) {
 		copy_send_head(w, c, d); /* one send in flight per direction keeps the order */
 		return;
 	}
@@ -741,7 +783,7 @@ void relay_event(struct worker *w, struct conn *c, int op, unsigned flags, int r
 	int is_in = op == OP_POLLIN_C || op == OP_POLLIN_T;
 	int is_out = op == OP_POLLOUT_C || op == OP_POLLOUT_T;
 
-	if (rd->flags & (DIR_COPY | DIR_SWITCHING) || (is_out && rd->qhead >= 0)) {
+	if (rd->flags & (DIR_COPY | DIR_SWITCHING) || (is_out && rd->qhead)) {
 		/* copying, or a hybrid direction still finishing its copy phase */
 		if (is_in)
 			copy_recv_done(w, c, d, res, flags);
@@ -782,7 +824,7 @@ void relay_resume(struct worker *w, struct conn *c, int d)
 		return;
 	if (rd->flags & DIR_SEND_DUE) {
 		rd->flags &= (uint16_t)~DIR_SEND_DUE;
-		if (rd->qhead >= 0 && !(c->pending & CONN_OP_BIT(out_op(d))))
+		if (rd->qhead && !(c->pending & CONN_OP_BIT(out_op(d))))
 			copy_send_head(w, c, d);
 	}
 	if (rd->flags & (DIR_COPY | DIR_SWITCHING))

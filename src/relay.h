@@ -41,15 +41,26 @@ void pipe_pool_put(struct pipe_pool *p, int idx, int empty);
 #define RELAY_HYBRID_LARGE    (16u << 10)  /* a "large" read for hybrid_is_bulk */
 #define RELAY_BUF_SIZE        (256u << 10) /* 256 KiB: per-GB CPU close to splice with 1 MiB pipes */
 #define RELAY_BUF_COUNT       32
-#define RELAY_PAUSE_BYTES     (512u << 10) /* stop reading a direction with this much unsent */
+#define RELAY_PAUSE_BYTES     (256u << 10) /* stop reading a direction with this much unsent */
+#define RELAY_CHUNKS_KEPT     32           /* spare queue chunks a worker keeps for reuse */
+
+/* What a copying direction has read and not yet sent. A read is copied out of the ring's
+ * buffer into the direction's own chunks and the buffer goes back at once: the shared ring
+ * is never held by a direction whose destination does not read, so a few stalled clients
+ * cannot starve every other connection of the worker. */
+struct relay_chunk {
+	struct relay_chunk *next;
+	uint32_t len; /* bytes held (the capacity is the ring's buffer size) */
+	uint8_t data[];
+};
 
 struct relay_bufs {
 	struct io_uring_buf_ring *br;
 	uint8_t *mem;
 	uint32_t count, size, mask;
-	int32_t *next;     /* queue links, one per buffer id */
-	uint32_t *len;     /* bytes received into each buffer */
-	uint32_t held;     /* buffers filled by the kernel and not yet given back */
+	uint32_t held;             /* buffers filled by the kernel and not yet given back */
+	struct relay_chunk *spare; /* chunks kept for reuse */
+	uint32_t nspare;
 	uint64_t *starved; /* directions waiting for a buffer (user_data form), a ring */
 	uint32_t starved_head, starved_len, starved_cap;
 };

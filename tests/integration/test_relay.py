@@ -246,13 +246,13 @@ class RelayTest(h.EchoProxyTestCase):
         self.assertEqual(srv.errors, [])
         self.assertEqual(srv.results, [(want_up, [])] * 32, "destination side")
 
-    def test_starved_reads_resume_when_holders_close(self):
-        """One worker. 20 relays whose clients do not read while their destinations send 8 MiB
-        each: the copy relay queues what it reads until its buffers are all taken. Then 10
-        relays to the echo server send a line and their EOF; with no buffer free their reads
-        wait. Then the 20 holders' clients reset: their buffers come back as those relays
-        close, and the waiting relays must read, echo and finish. (Waking a starved read only
-        when a send gave a buffer back left them waiting for ever.)"""
+    def test_stalled_readers_do_not_stall_others(self):
+        """One worker. 16 relays whose clients do not read while their destinations send 8 MiB
+        at full speed, and 2 whose destinations trickle 1 KiB writes: every buffer on their way
+        fills up and stays full. Meanwhile 10 other relays to the echo server must work as
+        usual: a client that does not read holds up its own connection only. (The copy relays
+        kept what they had read in the worker's shared ring of buffers: 4 such clients froze
+        every copy-mode relay of the worker, and a single trickling one every hybrid one.)"""
         stall = 5 * h.SLOW
         blob = os.urandom(8 * MiB)
 
@@ -262,27 +262,35 @@ class RelayTest(h.EchoProxyTestCase):
             except OSError:
                 pass  # the client reset: expected
 
-        with h.Proxy(workers=1) as p, h.ThreadedServer(flood) as dst:
-            holders = []
-            for _ in range(20):
-                s, _ = h.socks_connect(p, "127.0.0.1", dst.port)
-                holders.append(s)
-            time.sleep(1.0 * h.SLOW)  # every buffer on the way fills up
-            waiting = []
+        def trickle(c, addr):
+            c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                for i in range(16 * 1024):
+                    c.sendall(blob[i * 1024:(i + 1) * 1024])
+                    time.sleep(0.00005)
+            except OSError:
+                pass
+
+        with h.Proxy(workers=1) as p, h.ThreadedServer(flood) as fast, \
+                h.ThreadedServer(trickle) as slow:
+            holders = [h.socks_connect(p, "127.0.0.1", fast.port)[0] for _ in range(16)]
+            holders += [h.socks_connect(p, "127.0.0.1", slow.port)[0] for _ in range(2)]
+            time.sleep(2.0 * h.SLOW)  # every buffer on the way fills up
+            t0 = time.monotonic()
             for i in range(10):
                 s, _ = h.socks_connect(p, "127.0.0.1", self.echo.port)
-                s.sendall(b"line %d\n" % i)
-                s.shutdown(socket.SHUT_WR)
-                waiting.append(s)
-            time.sleep(0.3 * h.SLOW)
+                with s:
+                    s.sendall(b"line %d\n" % i)
+                    s.shutdown(socket.SHUT_WR)
+                    data, how = h.read_to_close(s, timeout=stall)
+                    self.assertEqual((data, how), (b"line %d\n" % i, "eof"), f"relay {i}")
+            print(f"  10 echo relays beside 18 stalled ones in {time.monotonic() - t0:.2f}s",
+                  file=sys.stderr)
             for s in holders:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 s.close()
-            for i, s in enumerate(waiting):
-                with s:
-                    data, how = h.read_to_close(s, timeout=stall)
-                    self.assertEqual((data, how), (b"line %d\n" % i, "eof"), f"relay {i}")
-            dst.wait_done(20, timeout=stall)
+            fast.wait_done(16, timeout=stall)
+            slow.wait_done(2, timeout=stall)
             h.check_serving(p)
 
     def test_destination_closes_at_once(self):
