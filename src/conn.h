@@ -119,6 +119,7 @@ struct relay_dir {
 	uint32_t qoff;   /* copy: bytes of the head chunk already sent */
 	uint32_t qbytes; /* copy: bytes queued */
 	uint16_t flags;  /* DIR_* */
+	uint16_t nring;  /* copy: ring buffers in the queue */
 };
 
 struct conn {

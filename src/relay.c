@@ -116,7 +116,7 @@ int relay_init(struct worker *w, uint32_t slots)
 		return ret;
 	if (w->cfg->relay_mode != RELAY_COPY && w->cfg->relay_mode != RELAY_HYBRID)
 		return 0;
-	b->count = RELAY_BUF_COUNT;
+	b->count = w->cfg->relay_mode == RELAY_HYBRID ? RELAY_BUF_COUNT : 2 * RELAY_BUF_COUNT;
 	b->size = w->cfg->relay_mode == RELAY_HYBRID ? RELAY_HYBRID_BUF_SIZE : RELAY_BUF_SIZE;
 	b->mask = (uint32_t)io_uring_buf_ring_mask(b->count);
 	ring_bytes = sizeof(struct io_uring_buf) * b->count;
@@ -132,10 +132,15 @@ int relay_init(struct worker *w, uint32_t slots)
 		b->mem = NULL;
 		return -errno;
 	}
+	b->nodes = calloc(b->count, sizeof(*b->nodes));
 	b->starved_cap = slots * 2;
 	b->starved = calloc(b->starved_cap, sizeof(*b->starved));
-	if (!b->starved)
+	if (!b->nodes || !b->starved)
 		return -ENOMEM;
+	for (uint32_t i = 0; i < b->count; i++) {
+		b->nodes[i].data = b->mem + (size_t)i * b->size;
+		b->nodes[i].bid = (int32_t)i;
+	}
 	io_uring_buf_ring_init(b->br);
 	memset(&reg, 0, sizeof(reg));
 	reg.ring_addr = (uint64_t)(uintptr_t)b->br;
@@ -168,6 +173,7 @@ void relay_destroy(struct worker *w)
 		b->spare = ch->next;
 		free(ch);
 	}
+	free(b->nodes);
 	free(b->starved);
 	memset(b, 0, sizeof(*b));
 }
@@ -332,16 +338,26 @@ static struct relay_chunk *chunk_get(struct worker *w)
 		ch = malloc(sizeof(*ch) + b->size);
 		if (!ch)
 			return NULL;
+		ch->data = ch->mem;
+		ch->bid = -1;
 	}
 	ch->next = NULL;
 	ch->len = 0;
 	return ch;
 }
 
-static void chunk_put(struct worker *w, struct relay_chunk *ch)
+/* Done with a queue entry: a ring buffer goes back to the ring, a chunk to the spares. */
+static void chunk_put(struct worker *w, struct relay_dir *rd, struct relay_chunk *ch)
 {
 	struct relay_bufs *b = &w->bufs;
 
+	if (ch->bid >= 0) {
+		buf_return(w, ch->bid);
+		b->queued--;
+		rd->nring--;
+		feed_starved(w);
+		return;
+	}
 	if (b->nspare >= RELAY_CHUNKS_KEPT) {
 		free(ch);
 		return;
@@ -359,7 +375,7 @@ void relay_release(struct worker *w, struct conn *c)
 		while (rd->qhead) {
 			struct relay_chunk *ch = rd->qhead;
 			rd->qhead = ch->next;
-			chunk_put(w, ch);
+			chunk_put(w, rd, ch);
 		}
 		rd->qtail = NULL;
 		rd->qbytes = 0;
@@ -640,25 +656,40 @@ static void copy_recv_done(struct worker *w, struct conn *c, int d, int res, uns
 		struct relay_chunk *ch = rd->qtail;
 
 		b->held++;
-		/* into the queue's last chunk if it has room (a send in flight from it covers only
-		 * the bytes it had), else into a new one; the ring's buffer goes back at once */
-		if (!ch || b->size - ch->len < (uint32_t)res) {
-			ch = chunk_get(w);
-			if (!ch) {
+		if (ch && (uint32_t)res <= b->size - ch->len &&
+		    (ch->bid < 0 || (uint32_t)res <= RELAY_SMALL_READ)) {
+			/* onto the queue's last entry (a send in flight from it covers only the
+			 * bytes it had); the ring's buffer goes back at once */
+			memcpy(ch->data + ch->len, b->mem + (size_t)bid * b->size, (size_t)res);
+			ch->len += (uint32_t)res;
+			buf_return(w, bid);
+			feed_starved(w);
+		} else {
+			if (b->queued < b->count / 2) {
+				ch = &b->nodes[bid]; /* waits in the ring's buffer itself */
+				ch->len = (uint32_t)res;
+				b->queued++;
+				rd->nring++;
+			} else {
+				/* half the ring waits already: copied into a chunk of its own */
+				ch = chunk_get(w);
+				if (!ch) {
+					buf_return(w, bid);
+					worker_conn_close(w, c, "out of memory");
+					return;
+				}
+				memcpy(ch->data, b->mem + (size_t)bid * b->size, (size_t)res);
+				ch->len = (uint32_t)res;
 				buf_return(w, bid);
-				worker_conn_close(w, c, "out of memory");
-				return;
+				feed_starved(w);
 			}
+			ch->next = NULL;
 			if (rd->qtail)
 				rd->qtail->next = ch;
 			else
 				rd->qhead = ch;
 			rd->qtail = ch;
 		}
-		memcpy(ch->data + ch->len, b->mem + (size_t)bid * b->size, (size_t)res);
-		ch->len += (uint32_t)res;
-		buf_return(w, bid);
-		feed_starved(w);
 		rd->qbytes += (uint32_t)res;
 		if (!(c->pending & CONN_OP_BIT(out_op(d))) && !(rd->flags & DIR_SEND_DUE)) {
 			/* sent once this batch of completions is handled: an EOF in the same batch
@@ -672,7 +703,8 @@ static void copy_recv_done(struct worker *w, struct conn *c, int d, int res, uns
 			hybrid_to_splice(w, c, d);
 			return;
 		}
-		if (rd->qbytes >= RELAY_PAUSE_BYTES && !(rd->flags & DIR_PAUSED)) {
+		if ((rd->qbytes >= RELAY_PAUSE_BYTES || rd->nring >= RELAY_PAUSE_BUFS) &&
+		    !(rd->flags & DIR_PAUSED)) {
 			/* flow control: the destination is slower; stop reading for now */
 			rd->flags |= DIR_PAUSED;
 			if (more)
@@ -730,7 +762,7 @@ static void copy_send_done(struct worker *w, struct conn *c, int d, int res)
 		if (!rd->qhead)
 			rd->qtail = NULL;
 		rd->qoff = 0;
-		chunk_put(w, ch);
+		chunk_put(w, rd, ch);
 	}
 	if (rd->qhead) {
 		copy_send_head(w, c, d); /* one send in flight per direction keeps the order */

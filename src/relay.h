@@ -40,18 +40,25 @@ void pipe_pool_put(struct pipe_pool *p, int idx, int empty);
 #define RELAY_HYBRID_BUF_SIZE (64u << 10)
 #define RELAY_HYBRID_LARGE    (16u << 10)  /* a "large" read for hybrid_is_bulk */
 #define RELAY_BUF_SIZE        (256u << 10) /* 256 KiB: per-GB CPU close to splice with 1 MiB pipes */
-#define RELAY_BUF_COUNT       32
-#define RELAY_PAUSE_BYTES     (256u << 10) /* stop reading a direction with this much unsent */
+#define RELAY_BUF_COUNT       32           /* hybrid's; copy's ring has twice as many */
+#define RELAY_PAUSE_BYTES     (512u << 10) /* stop reading a direction with this much unsent */
+#define RELAY_PAUSE_BUFS      4            /* ... or with this many of the ring's buffers */
 #define RELAY_CHUNKS_KEPT     32           /* spare queue chunks a worker keeps for reuse */
+#define RELAY_SMALL_READ      (4u << 10)   /* a read copied onto the previous waiting one */
 
-/* What a copying direction has read and not yet sent. A read is copied out of the ring's
- * buffer into the direction's own chunks and the buffer goes back at once: the shared ring
- * is never held by a direction whose destination does not read, so a few stalled clients
- * cannot starve every other connection of the worker. */
+/* What a copying direction has read and not yet sent: a queue of the ring's buffers
+ * themselves, as long as fewer than half the ring waits like this across the worker, and past
+ * that of chunks of the direction's own, into which the read is copied (its buffer goes back
+ * at once). So destinations that do not read hold at most half the shared ring, and a few
+ * stalled clients cannot starve every other connection of the worker. Small reads are copied
+ * onto the queue's last entry when it has room (a destination that does not read while small
+ * writes trickle in would otherwise take a buffer per write). */
 struct relay_chunk {
 	struct relay_chunk *next;
+	uint8_t *data;
 	uint32_t len; /* bytes held (the capacity is the ring's buffer size) */
-	uint8_t data[];
+	int32_t bid;  /* the ring's buffer it is, or -1 for a chunk of the direction's own */
+	uint8_t mem[];
 };
 
 struct relay_bufs {
@@ -59,6 +66,8 @@ struct relay_bufs {
 	uint8_t *mem;
 	uint32_t count, size, mask;
 	uint32_t held;             /* buffers filled by the kernel and not yet given back */
+	uint32_t queued;           /* of those, buffers waiting in directions' queues */
+	struct relay_chunk *nodes; /* the queue entry of each buffer */
 	struct relay_chunk *spare; /* chunks kept for reuse */
 	uint32_t nspare;
 	uint64_t *starved; /* directions waiting for a buffer (user_data form), a ring */
