@@ -13,6 +13,7 @@
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -371,6 +372,14 @@ void relay_release(struct worker *w, struct conn *c)
 {
 	for (int d = 0; d < 2; d++) {
 		struct relay_dir *rd = &c->dir[d];
+		int n = 0;
+
+		/* a splice SQE that completed after the close was not counted in inpipe: ask the
+		 * pipe itself, so that one with bytes left is closed, not lent to a new connection
+		 */
+		if (rd->pipe >= 0 &&
+		    (ioctl(w->pipes.pipes[rd->pipe].r, FIONREAD, &n) < 0 || n > 0) && !rd->inpipe)
+			rd->inpipe = 1;
 		release_pipe(w, rd);
 		while (rd->qhead) {
 			struct relay_chunk *ch = rd->qhead;
