@@ -172,7 +172,7 @@ void relay_destroy(struct worker *w)
 	while (b->spare) {
 		struct relay_chunk *ch = b->spare;
 		b->spare = ch->next;
-		free(ch);
+		munmap(ch, sizeof(*ch) + b->size);
 	}
 	free(b->nodes);
 	free(b->starved);
@@ -336,8 +336,10 @@ static struct relay_chunk *chunk_get(struct worker *w)
 		b->spare = ch->next;
 		b->nspare--;
 	} else {
-		ch = malloc(sizeof(*ch) + b->size);
-		if (!ch)
+		/* mapped, not malloc'd: one given back past the few spares leaves no heap behind */
+		ch = mmap(NULL, sizeof(*ch) + b->size, PROT_READ | PROT_WRITE,
+		          MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+		if (ch == MAP_FAILED)
 			return NULL;
 		ch->data = ch->mem;
 		ch->bid = -1;
@@ -360,7 +362,7 @@ static void chunk_put(struct worker *w, struct relay_dir *rd, struct relay_chunk
 		return;
 	}
 	if (b->nspare >= RELAY_CHUNKS_KEPT) {
-		free(ch);
+		munmap(ch, sizeof(*ch) + b->size);
 		return;
 	}
 	ch->next = b->spare;

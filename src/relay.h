@@ -43,7 +43,7 @@ void pipe_pool_put(struct pipe_pool *p, int idx, int empty);
 #define RELAY_BUF_COUNT       32           /* hybrid's; copy's ring has twice as many */
 #define RELAY_PAUSE_BYTES     (512u << 10) /* stop reading a direction with this much unsent */
 #define RELAY_PAUSE_BUFS      4            /* ... or with this many of the ring's buffers */
-#define RELAY_CHUNKS_KEPT     32           /* spare queue chunks a worker keeps for reuse */
+#define RELAY_CHUNKS_KEPT     4            /* spare queue chunks a worker keeps for reuse */
 #define RELAY_SMALL_READ      (4u << 10)   /* a read copied onto the previous waiting one */
 
 /* What a copying direction has read and not yet sent: a queue of the ring's buffers
