@@ -164,58 +164,10 @@ class RelayTest(h.EchoProxyTestCase):
         self.assertEqual(errs, [])
         self.assertEqual(results, {i: True for i in range(16)})
 
-    def test_flow_control_under_load(self):
-        """Rounds of 8 connections each moving 16 MiB both ways at once: every direction fills
-        its queue, stops reading and must read again once its queue is out, however the
-        completions of the stopped read and of the sends interleave. A direction that is never
-        woken again stalls its connection (the sockets' 5 s timeout turns that into a failure);
-        this caught, in about one round in four, a copy relay whose cancelled read completed
-        after the send that emptied the queue."""
-        up, down = os.urandom(16 * MiB), os.urandom(16 * MiB)
+    def both_ways_at_once(self, n, up, down, stall, what=""):
+        """n connections through the proxy, each sending up while its destination sends down,
+        both to EOF at once; every byte must arrive intact on both sides."""
         want_up, want_down = (len(up), h.sha256(up)), (len(down), h.sha256(down))
-        stall = 5 * h.SLOW
-
-        def handler(c, addr):
-            c.settimeout(stall)
-            n, digest, errs = h.send_and_drain(c, down, stall)
-            return (n, digest), errs
-
-        deadline = time.monotonic() + 8 * h.SLOW
-        for rnd in range(8):
-            if rnd >= 2 and time.monotonic() > deadline:
-                break
-            got, errs = {}, []
-
-            def client(i):
-                try:
-                    s, _ = h.socks_connect(self.proxy, "127.0.0.1", srv.port)
-                    with s:
-                        s.settimeout(stall)
-                        n, digest, e = h.send_and_drain(s, up, stall)
-                        got[i] = (n, digest)
-                        errs.extend(e)
-                except Exception as e:  # noqa: BLE001
-                    errs.append(f"{i}: {e!r}")
-
-            with h.ThreadedServer(handler) as srv:
-                threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
-                for t in threads:
-                    t.start()
-                for t in threads:
-                    t.join(4 * stall)
-                srv.wait_done(8, timeout=4 * stall)
-            self.assertEqual(errs, [], f"round {rnd}")
-            self.assertEqual(got, {i: want_down for i in range(8)}, f"round {rnd}: client side")
-            self.assertEqual(srv.errors, [], f"round {rnd}")
-            self.assertEqual(srv.results, [(want_up, [])] * 8, f"round {rnd}: destination side")
-
-    def test_more_directions_than_buffers(self):
-        """32 connections move 4 MiB both ways at once: 64 busy directions want more buffers
-        than the copy relays' rings hold (32 a worker), so some directions stop reading for
-        want of a buffer and must be woken as buffers come back. Every byte arrives intact."""
-        up, down = os.urandom(4 * MiB), os.urandom(4 * MiB)
-        want_up, want_down = (len(up), h.sha256(up)), (len(down), h.sha256(down))
-        stall = 10 * h.SLOW
         got, errs = {}, []
 
         def handler(c, addr):
@@ -235,16 +187,36 @@ class RelayTest(h.EchoProxyTestCase):
                 errs.append(f"{i}: {e!r}")
 
         with h.ThreadedServer(handler) as srv:
-            threads = [threading.Thread(target=client, args=(i,)) for i in range(32)]
+            threads = [threading.Thread(target=client, args=(i,)) for i in range(n)]
             for t in threads:
                 t.start()
             for t in threads:
                 t.join(4 * stall)
-            srv.wait_done(32, timeout=4 * stall)
-        self.assertEqual(errs, [])
-        self.assertEqual(got, {i: want_down for i in range(32)}, "client side")
-        self.assertEqual(srv.errors, [])
-        self.assertEqual(srv.results, [(want_up, [])] * 32, "destination side")
+            srv.wait_done(n, timeout=4 * stall)
+        self.assertEqual(errs, [], what)
+        self.assertEqual(got, {i: want_down for i in range(n)}, f"{what} client side")
+        self.assertEqual(srv.errors, [], what)
+        self.assertEqual(srv.results, [(want_up, [])] * n, f"{what} destination side")
+
+    def test_flow_control_under_load(self):
+        """Rounds of 8 connections each moving 16 MiB both ways at once: every direction fills
+        its queue, stops reading and must read again once its queue is out, however the
+        completions of the stopped read and of the sends interleave. A direction that is never
+        woken again stalls its connection (the sockets' 5 s timeout turns that into a failure);
+        this caught, in about one round in four, a copy relay whose cancelled read completed
+        after the send that emptied the queue."""
+        up, down = os.urandom(16 * MiB), os.urandom(16 * MiB)
+        deadline = time.monotonic() + 8 * h.SLOW
+        for rnd in range(8):
+            if rnd >= 2 and time.monotonic() > deadline:
+                break
+            self.both_ways_at_once(8, up, down, 5 * h.SLOW, f"round {rnd}:")
+
+    def test_more_directions_than_buffers(self):
+        """32 connections move 4 MiB both ways at once: 64 busy directions want more buffers
+        than the copy relays' rings hold, so some directions stop reading for want of a buffer
+        and must be woken as buffers come back. Every byte arrives intact."""
+        self.both_ways_at_once(32, os.urandom(4 * MiB), os.urandom(4 * MiB), 10 * h.SLOW)
 
     def test_stalled_readers_do_not_stall_others(self):
         """One worker. 16 relays whose clients do not read while their destinations send 8 MiB

@@ -143,13 +143,7 @@ class StressTest(h.ProxyTestCase):
         s.close()
 
     def proxy_sockets(self):
-        n = 0
-        for fd in os.listdir(f"/proc/{self.proxy.pid}/fd"):
-            try:
-                n += os.readlink(f"/proc/{self.proxy.pid}/fd/{fd}").startswith("socket:")
-            except FileNotFoundError:
-                pass  # closed meanwhile
-        return n
+        return h.socket_count(self.proxy.pid)
 
     def idle_sockets(self):
         """The proxy's sockets at rest (its listeners): the start-up probe's connection may
