@@ -379,8 +379,8 @@ void relay_release(struct worker *w, struct conn *c)
 		/* a splice SQE that completed after the close was not counted in inpipe: ask the
 		 * pipe itself, so that one with bytes left is closed, not lent to a new connection
 		 */
-		if (rd->pipe >= 0 &&
-		    (ioctl(w->pipes.pipes[rd->pipe].r, FIONREAD, &n) < 0 || n > 0) && !rd->inpipe)
+		if (rd->pipe >= 0 && !rd->inpipe &&
+		    (ioctl(w->pipes.pipes[rd->pipe].r, FIONREAD, &n) < 0 || n > 0))
 			rd->inpipe = 1;
 		release_pipe(w, rd);
 		while (rd->qhead) {
