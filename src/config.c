@@ -43,6 +43,9 @@ static const char usage[] =
     "                              copy (multishot recv into a buffer ring, then send),\n"
     "                              hybrid (copy, then splice once a read fills a buffer)\n"
     "                              (default hybrid)\n"
+    "      --pipes N               splice through at most N pipes per worker (1 MiB each,\n"
+    "                              two descriptors); while all are in use a direction is\n"
+    "                              copied instead (default 512; 0: never splice)\n"
     "      --congestion ALG        TCP congestion control of the proxy's own sockets\n"
     "                              (client and outbound side), e.g. cubic or reno\n"
     "                              (default: the system's, net.ipv4.tcp_congestion_control)\n"
@@ -63,7 +66,7 @@ static const char usage[] =
     "      --via URL               the proxy, socks5://[USER:PASS@]HOST:PORT; repeatable\n"
     "                              (failover)\n"
     "  -w, --cpus, --resolver, --connect-timeout, --max-conns, --udp-idle-timeout, --relay,\n"
-    "  --congestion, -v            as above\n";
+    "  --pipes, --congestion, -v   as above\n";
 
 enum {
 	OPT_CPUS = 256,
@@ -80,6 +83,7 @@ enum {
 	OPT_BIND_PORTS,
 	OPT_UDP_IDLE,
 	OPT_CONGESTION,
+	OPT_PIPES,
 };
 
 static const struct option long_opts[] = {
@@ -101,6 +105,7 @@ static const struct option long_opts[] = {
     {"udp-idle-timeout", required_argument, NULL, OPT_UDP_IDLE},
     {"relay", required_argument, NULL, OPT_RELAY},
     {"congestion", required_argument, NULL, OPT_CONGESTION},
+    {"pipes", required_argument, NULL, OPT_PIPES},
     {NULL, 0, NULL, 0},
 };
 
@@ -471,6 +476,7 @@ int config_parse(struct config *cfg, int argc, char **argv, char *err, size_t er
 	memset(cfg, 0, sizeof(*cfg));
 	cfg->handshake_timeout = 10;
 	cfg->relay_mode = RELAY_HYBRID; /* the measured winner: see perf/RESULTS.md */
+	cfg->pipes = CONFIG_PIPES_DEFAULT;
 	cfg->connect_timeout = 10;
 	cfg->bind_timeout = 60;
 	cfg->udp_idle_timeout = 120;
@@ -605,6 +611,11 @@ int config_parse(struct config *cfg, int argc, char **argv, char *err, size_t er
 			else
 				FAIL("--relay: '%s' is not splice, splice-sqe, copy or hybrid",
 				     optarg);
+			break;
+		case OPT_PIPES:
+			if (parse_long(optarg, 0, 65536, &v) < 0)
+				FAIL("--pipes: '%s' is not a number from 0 to 65536", optarg);
+			cfg->pipes = (uint32_t)v;
 			break;
 		case OPT_CONGESTION: {
 			size_t n = strlen(optarg);

@@ -32,6 +32,7 @@ struct config_upstream {
 enum config_mode { MODE_SERVER = 0, MODE_TUNNEL };
 
 /* How the relay moves bytes (see relay.c). */
+#define CONFIG_PIPES_DEFAULT 512 /* pipes a worker lends at most: two descriptors each */
 enum relay_mode { RELAY_SPLICE = 0, RELAY_SPLICE_SQE, RELAY_COPY, RELAY_HYBRID };
 
 struct config {
@@ -64,6 +65,7 @@ struct config {
 	struct socks5_addr udp_dst[CONFIG_MAX_LISTEN];
 	int nudp;
 	int relay_mode; /* enum relay_mode */
+	uint32_t pipes; /* --pipes: a worker's pipe pool (CONFIG_PIPES_DEFAULT) */
 	/* --congestion: TCP_CONGESTION of the proxy's own TCP sockets; empty: the system's */
 	char congestion[16];
 	int verbose;

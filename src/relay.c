@@ -25,8 +25,8 @@
 int pipe_pool_init(struct pipe_pool *p, uint32_t cap)
 {
 	memset(p, 0, sizeof(*p));
-	p->pipes = calloc(cap, sizeof(*p->pipes));
-	p->free = calloc(cap, sizeof(*p->free));
+	p->pipes = calloc(cap ? cap : 1, sizeof(*p->pipes)); /* --pipes 0: never splice */
+	p->free = calloc(cap ? cap : 1, sizeof(*p->free));
 	if (!p->pipes || !p->free) {
 		pipe_pool_destroy(p);
 		return -ENOMEM;
@@ -112,9 +112,10 @@ int relay_init(struct worker *w, uint32_t slots)
 	int ret;
 
 	memset(b, 0, sizeof(*b));
-	ret = pipe_pool_init(&w->pipes, RELAY_POOL_MAX);
+	ret = pipe_pool_init(&w->pipes, w->cfg->pipes);
 	if (ret < 0)
 		return ret;
+	b->chunk_size = w->cfg->relay_mode == RELAY_COPY ? RELAY_BUF_SIZE : RELAY_HYBRID_BUF_SIZE;
 	if (w->cfg->relay_mode != RELAY_COPY && w->cfg->relay_mode != RELAY_HYBRID)
 		return 0;
 	b->count = w->cfg->relay_mode == RELAY_HYBRID ? RELAY_BUF_COUNT : 2 * RELAY_BUF_COUNT;
@@ -172,7 +173,7 @@ void relay_destroy(struct worker *w)
 	while (b->spare) {
 		struct relay_chunk *ch = b->spare;
 		b->spare = ch->next;
-		munmap(ch, sizeof(*ch) + b->size);
+		munmap(ch, sizeof(*ch) + b->chunk_size);
 	}
 	free(b->nodes);
 	free(b->starved);
@@ -262,40 +263,20 @@ static void queue_dir(struct worker *w, struct conn *c, int d)
 	    conn_ud((enum conn_op)d, c->gen, conn_index(&w->conns, c));
 }
 
-/* A direction waits here when the pool has no pipe to lend (it is capped; every pipe costs
- * two descriptors): it resumes when one comes back, instead of losing its connection. */
-static void wake_pipe_waiter(struct worker *w)
-{
-	while (w->pipe_wait_len) {
-		uint64_t ud = w->pipe_wait[w->pipe_wait_head];
-		int d = (int)conn_ud_op(ud);
-		struct conn *c;
-
-		w->pipe_wait_head = (w->pipe_wait_head + 1) % w->runq_cap;
-		w->pipe_wait_len--;
-		c = conn_lookup(&w->conns, ud);
-		if (c && c->state == CONN_RELAY && (c->dir[d].flags & DIR_PIPE_WAIT)) {
-			c->dir[d].flags &= (uint16_t)~DIR_PIPE_WAIT;
-			queue_dir(w, c, d);
-			return;
-		}
-	}
-}
-
 static void release_pipe(struct worker *w, struct relay_dir *rd)
 {
 	if (rd->pipe >= 0) {
 		pipe_pool_put(&w->pipes, rd->pipe, rd->inpipe == 0);
 		rd->pipe = -1;
 		rd->inpipe = 0;
-		if (w->pipe_wait_len)
-			wake_pipe_waiter(w);
 	}
 }
 
-/* Lend direction d a pipe. Returns 0, 1 when it has to wait for one, -1 when the connection
- * was closed (no pipe can be had at all). */
-static int take_pipe(struct worker *w, struct conn *c, struct relay_dir *rd)
+/* Lend the direction a pipe. Returns 0, or -1 when none can be had: every pipe of the pool
+ * is in use (--pipes; each costs two descriptors) or no new one can be made. The caller then
+ * copies (chunk_pump) rather than wait: a pipe can stay lent for as long as its destination
+ * does not read, so waiting for one would let such clients stall everyone else. */
+static int take_pipe(struct worker *w, struct relay_dir *rd)
 {
 	int p;
 
@@ -306,23 +287,12 @@ static int take_pipe(struct worker *w, struct conn *c, struct relay_dir *rd)
 		rd->pipe = p;
 		return 0;
 	}
-	if (w->pipes.live > 0 && w->pipe_wait_len < w->runq_cap) {
-		int d = rd == &c->dir[DIR_UP] ? DIR_UP : DIR_DOWN;
-		if (!(rd->flags & DIR_PIPE_WAIT)) {
-			rd->flags |= DIR_PIPE_WAIT;
-			w->pipe_wait[(w->pipe_wait_head + w->pipe_wait_len++) % w->runq_cap] =
-			    conn_ud((enum conn_op)d, c->gen, conn_index(&w->conns, c));
-		}
-		if (!w->pipes.warned_full) {
-			log_warn(
-			    "all %u pipes of the pool are in use (%s); directions wait for one",
-			    w->pipes.cap, strerror(-p));
-			w->pipes.warned_full = 1;
-		}
-		return 1;
+	if (!w->pipes.warned_full) {
+		log_warn("no pipe to splice through (%u of --pipes %u in use: %s); copying instead "
+		         "until one is free",
+		         w->pipes.live, w->pipes.cap, strerror(-p));
+		w->pipes.warned_full = 1;
 	}
-	log_err("no pipe for relaying (%s): closing connection", strerror(-p));
-	worker_conn_close(w, c, "out of pipes");
 	return -1;
 }
 
@@ -337,7 +307,7 @@ static struct relay_chunk *chunk_get(struct worker *w)
 		b->nspare--;
 	} else {
 		/* mapped, not malloc'd: one given back past the few spares leaves no heap behind */
-		ch = mmap(NULL, sizeof(*ch) + b->size, PROT_READ | PROT_WRITE,
+		ch = mmap(NULL, sizeof(*ch) + b->chunk_size, PROT_READ | PROT_WRITE,
 		          MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
 		if (ch == MAP_FAILED)
 			return NULL;
@@ -362,7 +332,7 @@ static void chunk_put(struct worker *w, struct relay_dir *rd, struct relay_chunk
 		return;
 	}
 	if (b->nspare >= RELAY_CHUNKS_KEPT) {
-		munmap(ch, sizeof(*ch) + b->size);
+		munmap(ch, sizeof(*ch) + b->chunk_size);
 		return;
 	}
 	ch->next = b->spare;
@@ -417,6 +387,68 @@ static int finish_dir(struct worker *w, struct conn *c, int d)
 	return 0;
 }
 
+/* ---- a splicing direction without a pipe: copied through chunks ---- */
+
+static void copy_send_head(struct worker *w, struct conn *c, int d);
+
+/* Direction d is ready to read but no pipe can be had, or what it read that way is not all
+ * sent yet (the order of the bytes): read inline into chunks of its own, at most
+ * RELAY_PAUSE_BYTES unsent, and send them with send SQEs, one in flight. Each completed send
+ * resumes it (copy_send_done); once its queue is out it splices again. Returns 0, or -1 when
+ * the connection was closed. */
+static int chunk_pump(struct worker *w, struct conn *c, int d)
+{
+	struct relay_dir *rd = &c->dir[d];
+	struct relay_bufs *b = &w->bufs;
+
+	for (int round = 0; rd->qbytes < RELAY_PAUSE_BYTES; round++) {
+		struct relay_chunk *ch = rd->qtail;
+		int fresh = !ch || ch->len == b->chunk_size;
+		ssize_t n;
+		int err;
+
+		if (round == RELAY_BUDGET) {
+			queue_dir(w, c, d);
+			return 0;
+		}
+		if (fresh && !(ch = chunk_get(w))) {
+			worker_conn_close(w, c, "out of memory");
+			return -1;
+		}
+		n = recv(src_fd(c, d), ch->data + ch->len, b->chunk_size - ch->len, MSG_DONTWAIT);
+		err = errno;
+		if (n > 0) {
+			if (fresh) {
+				if (rd->qtail)
+					rd->qtail->next = ch;
+				else
+					rd->qhead = ch;
+				rd->qtail = ch;
+			}
+			ch->len +=
+			    (uint32_t)n; /* a send in flight from it covers the bytes it had */
+			rd->qbytes += (uint32_t)n;
+			if (!(c->pending & CONN_OP_BIT(out_op(d))))
+				copy_send_head(w, c, d);
+			continue;
+		}
+		if (fresh)
+			chunk_put(w, rd, ch);
+		if (n == 0) {
+			rd->flags |= DIR_EOF;
+			stop_reading(w, c, d);
+			return rd->qhead ? 0 : finish_dir(w, c, d); /* else after the last send */
+		}
+		if (hard_error(err)) {
+			worker_conn_close(w, c,
+			                  d == DIR_UP ? "client read error" : "target read error");
+			return -1;
+		}
+		return 0; /* EAGAIN: the next readiness event resumes it */
+	}
+	return 0; /* enough waits: copy_send_done resumes it */
+}
+
 /* ---- splice: splice(2) inline on readiness ---- */
 
 /* Move what direction d can move now. Returns 0, or -1 when the connection was closed. */
@@ -448,15 +480,14 @@ static int splice_pump(struct worker *w, struct conn *c, int d)
 				return 0;
 			}
 		}
-		if (rd->flags & DIR_EOF)
-			return finish_dir(w, c, d);
+		if (rd->flags & DIR_EOF) /* after what it copied for want of a pipe, if any */
+			return rd->qhead ? 0 : finish_dir(w, c, d);
 		if (round == RELAY_BUDGET) {
 			queue_dir(w, c, d);
 			return 0;
 		}
-		int tp = take_pipe(w, c, rd);
-		if (tp)
-			return tp < 0 ? -1 : 0;
+		if (rd->qhead || take_pipe(w, rd) < 0)
+			return chunk_pump(w, c, d);
 		n = splice(src, NULL, w->pipes.pipes[rd->pipe].w, NULL, w->pipes.size,
 		           SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
 		if (n > 0) {
@@ -486,9 +517,11 @@ static void sqe_splice_in(struct worker *w, struct conn *c, int d)
 	struct relay_dir *rd = &c->dir[d];
 	struct io_uring_sqe *sqe;
 
-	if (take_pipe(w, c, rd) != 0)
-		return;
 	rd->flags &= (uint16_t)~DIR_READABLE;
+	if (rd->qhead || take_pipe(w, rd) < 0) {
+		chunk_pump(w, c, d);
+		return;
+	}
 	sqe = worker_sqe(w);
 	io_uring_prep_splice(sqe, src_fd(c, d), -1, w->pipes.pipes[rd->pipe].w, -1, w->pipes.size,
 	                     SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
@@ -775,15 +808,21 @@ static void copy_send_done(struct worker *w, struct conn *c, int d, int res)
 		rd->qoff = 0;
 		chunk_put(w, rd, ch);
 	}
-	if (rd->qhead) {
+	if (rd->qhead)
 		copy_send_head(w, c, d); /* one send in flight per direction keeps the order */
+	else if (rd->flags & DIR_EOF) {
+		finish_dir(w, c, d); /* the queue is out */
 		return;
 	}
-	/* the queue is empty */
-	if (rd->flags & DIR_EOF) {
-		finish_dir(w, c, d);
+	if (!(rd->flags & (DIR_COPY | DIR_SWITCHING))) {
+		/* a splicing direction that copied for want of a pipe: read on (and splice again
+		 * once the queue is out) */
+		if (!(rd->flags & DIR_EOF))
+			queue_dir(w, c, d);
 		return;
 	}
+	if (rd->qhead)
+		return;
 	if (rd->flags & DIR_SWITCHING) {
 		/* hybrid: start splicing once the recv has ended too */
 		if (!(c->pending & CONN_OP_BIT(in_op(d))))

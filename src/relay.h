@@ -6,11 +6,9 @@
 #include <liburing.h>
 #include <stdint.h>
 
-#define RELAY_PIPE_SIZE (1u << 20) /* 1 MiB pipes halve splice's CPU per GB vs 64 KiB */
-#ifndef RELAY_POOL_MAX
-#define RELAY_POOL_MAX 512 /* pipes kept per worker (each costs two descriptors) */
-#endif
-#define RELAY_BUDGET 4 /* pipe-fulls moved per event before yielding */
+#define RELAY_PIPE_SIZE     (1u << 20) /* 1 MiB pipes halve splice's CPU per GB vs 64 KiB */
+#define RELAY_PIPES_DEFAULT 512 /* --pipes: pipes a worker lends at most (two descriptors each) */
+#define RELAY_BUDGET        4   /* pipe-fulls moved per event before yielding */
 
 struct relay_pipe {
 	int r, w;
@@ -22,7 +20,7 @@ struct pipe_pool {
 	uint32_t nfree, cap, live;
 	uint32_t size; /* capacity we managed to set */
 	int warned;
-	int warned_full;
+	int warned_full; /* logged once: the pool was lent out, directions were copied */
 };
 
 int pipe_pool_init(struct pipe_pool *p, uint32_t cap);
@@ -52,7 +50,10 @@ void pipe_pool_put(struct pipe_pool *p, int idx, int empty);
  * at once). So destinations that do not read hold at most half the shared ring, and a few
  * stalled clients cannot starve every other connection of the worker. Small reads are copied
  * onto the queue's last entry when it has room (a destination that does not read while small
- * writes trickle in would otherwise take a buffer per write). */
+ * writes trickle in would otherwise take a buffer per write).
+ * A splicing direction that finds every pipe of the pool lent out (to destinations that do not
+ * read, say) queues chunks the same way: it reads inline and sends from them until its queue
+ * is out, and splices again after that, so no connection waits for another's pipe. */
 struct relay_chunk {
 	struct relay_chunk *next;
 	uint8_t *data;
@@ -68,6 +69,7 @@ struct relay_bufs {
 	uint32_t held;             /* buffers filled by the kernel and not yet given back */
 	uint32_t queued;           /* of those, buffers waiting in directions' queues */
 	struct relay_chunk *nodes; /* the queue entry of each buffer */
+	uint32_t chunk_size; /* a chunk's capacity (the ring's buffer size when there is one) */
 	struct relay_chunk *spare; /* chunks kept for reuse */
 	uint32_t nspare;
 	uint64_t *starved; /* directions waiting for a buffer (user_data form), a ring */

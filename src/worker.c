@@ -936,8 +936,7 @@ static int worker_setup(struct worker *w)
 	}
 	w->runq_cap = slots * 2;
 	w->runq = calloc(w->runq_cap, sizeof(*w->runq));
-	w->pipe_wait = calloc(w->runq_cap, sizeof(*w->pipe_wait));
-	if (!w->runq || !w->pipe_wait)
+	if (!w->runq)
 		return -ENOMEM;
 	if ((ret = dns_init(w, &w->dns)) < 0)
 		return ret;
@@ -954,8 +953,6 @@ static void worker_teardown(struct worker *w)
 	conn_table_free(&w->conns);
 	free(w->runq);
 	w->runq = NULL;
-	free(w->pipe_wait);
-	w->pipe_wait = NULL;
 	free(w->uphs);
 	w->uphs = NULL;
 	io_uring_queue_exit(&w->ring);

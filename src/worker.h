@@ -49,9 +49,6 @@ struct worker {
 	/* relay directions that used up their budget and have more to move */
 	uint64_t *runq;
 	uint32_t runq_head, runq_len, runq_cap;
-	/* relay directions waiting for a pipe (same capacity as runq) */
-	uint64_t *pipe_wait;
-	uint32_t pipe_wait_head, pipe_wait_len;
 	uint64_t now_ms;
 	/* upstream proxies (forwarder and tunnel modes) */
 	struct upstream_hs *uphs; /* one per slot, touched only while a handshake runs */

@@ -164,9 +164,11 @@ class RelayTest(h.EchoProxyTestCase):
         self.assertEqual(errs, [])
         self.assertEqual(results, {i: True for i in range(16)})
 
-    def both_ways_at_once(self, n, up, down, stall, what=""):
-        """n connections through the proxy, each sending up while its destination sends down,
-        both to EOF at once; every byte must arrive intact on both sides."""
+    def both_ways_at_once(self, n, up, down, stall, what="", proxy=None):
+        """n connections through the proxy (the class's, unless given), each sending up while
+        its destination sends down, both to EOF at once; every byte must arrive intact on both
+        sides."""
+        proxy = proxy or self.proxy
         want_up, want_down = (len(up), h.sha256(up)), (len(down), h.sha256(down))
         got, errs = {}, []
 
@@ -177,7 +179,7 @@ class RelayTest(h.EchoProxyTestCase):
 
         def client(i):
             try:
-                s, _ = h.socks_connect(self.proxy, "127.0.0.1", srv.port)
+                s, _ = h.socks_connect(proxy, "127.0.0.1", srv.port)
                 with s:
                     s.settimeout(stall)
                     n, digest, e = h.send_and_drain(s, up, stall)
@@ -264,6 +266,35 @@ class RelayTest(h.EchoProxyTestCase):
             fast.wait_done(16, timeout=stall)
             slow.wait_done(2, timeout=stall)
             h.check_serving(p)
+
+    def test_pipes_in_use_do_not_stall_others(self):
+        """One worker with a pool of 4 pipes (--pipes 4). 16 relays whose clients do not read
+        while their destinations send 8 MiB: a splicing direction whose destination does not
+        read keeps its pipe full, so these hold every pipe of the pool for as long as they
+        like. Meanwhile 8 other relays move 2 MiB both ways at once (bulk, which the splice and
+        hybrid relays splice): they must copy instead of waiting for a pipe, and every byte
+        must arrive intact. (The relay waited for a pipe: 0 of 5 echo round trips worked
+        beside 16 such clients with an 8-pipe pool.) Then the same with --pipes 0."""
+        stall = 5 * h.SLOW
+        blob = os.urandom(8 * MiB)
+        up, down = os.urandom(2 * MiB), os.urandom(2 * MiB)
+
+        def flood(c, addr):
+            try:
+                c.sendall(blob)
+            except OSError:
+                pass  # the client reset: expected
+
+        for pipes in (4, 0):
+            with h.Proxy(["--pipes", pipes], workers=1) as p, h.ThreadedServer(flood) as fast:
+                holders = [h.socks_connect(p, "127.0.0.1", fast.port)[0] for _ in range(16)]
+                time.sleep(1.0 * h.SLOW)  # every buffer on the way fills up
+                self.both_ways_at_once(8, up, down, stall, f"--pipes {pipes}:", proxy=p)
+                for s in holders:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    s.close()
+                fast.wait_done(16, timeout=stall)
+                h.check_serving(p)
 
     def test_destination_closes_at_once(self):
         with h.ThreadedServer(lambda c, a: None) as srv:

@@ -328,3 +328,25 @@ Test(config, congestion)
 	cr_assert_str_eq(cfg.congestion, "cubic");
 	config_free(&cfg);
 }
+
+Test(config, pipes)
+{
+	struct config cfg;
+	char err[256];
+	char *argv[] = {"ringsocks", NULL};
+	cr_assert_eq(parse(&cfg, err, 1, argv), 0);
+	cr_assert_eq(cfg.pipes, CONFIG_PIPES_DEFAULT);
+	config_free(&cfg);
+	cr_assert_eq(parse(&cfg, err, 3, ARGS("--pipes", "0")), 0, "%s", err);
+	cr_assert_eq(cfg.pipes, 0, "0: never splice");
+	config_free(&cfg);
+	cr_assert_eq(parse(&cfg, err, 3, ARGS("--pipes", "65536")), 0, "%s", err);
+	cr_assert_eq(cfg.pipes, 65536);
+	config_free(&cfg);
+	char *bad[] = {"-1", "65537", "8x", ""};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		cr_assert_eq(parse(&cfg, err, 3, ARGS("--pipes", bad[i])), -EINVAL, "%s", bad[i]);
+		cr_assert_not_null(strstr(err, "--pipes"), "%s", err);
+		config_free(&cfg);
+	}
+}
