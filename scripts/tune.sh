@@ -101,9 +101,9 @@ cc=$(cat /proc/sys/net/ipv4/tcp_congestion_control 2>/dev/null || echo '?')
 echo
 echo "TCP congestion control: $cc (available: $(cat /proc/sys/net/ipv4/tcp_available_congestion_control 2>/dev/null || echo '?'))"
 if [ "$cc" = bbr ]; then
-  echo "  note: bbr paces every socket, loopback included (an hrtimer per burst). Where the proxy's peers are"
-  echo "  local or on a LAN, ringsocks --congestion cubic (or reno) takes pacing off its own sockets only;"
-  echo "  perf/RESULTS.md measured 13% more bulk throughput and 12% less CPU per GB through ringsocks on loopback."
+  echo "  note: bbr paces every socket, loopback included (an hrtimer per burst). ringsocks does not pace its"
+  echo "  sockets to peers on this machine (cubic for those unless --congestion says otherwise); where its peers"
+  echo "  are on a LAN, ringsocks --congestion cubic (or reno) takes pacing off all its own sockets."
 fi
 
 # Workers and CPUs.

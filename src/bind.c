@@ -89,7 +89,8 @@ static int open_listener(struct worker *w, struct sockaddr_storage *addr)
 			return -errno;
 		set_port(addr, lo ? (uint16_t)(lo + k) : 0);
 		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-		worker_set_congestion(w->cfg, fd); /* the peer's socket inherits it */
+		worker_set_congestion(w->cfg, fd,
+		                      (struct sockaddr *)addr); /* its peer's inherits */
 		if (addr->ss_family == AF_INET6)
 			setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
 		if (bind(fd, (struct sockaddr *)addr, sa_len(addr->ss_family)) == 0 &&

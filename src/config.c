@@ -47,8 +47,11 @@ static const char usage[] =
     "                              two descriptors); while all are in use a direction is\n"
     "                              copied instead (default 512; 0: never splice)\n"
     "      --congestion ALG        TCP congestion control of the proxy's own sockets\n"
-    "                              (client and outbound side), e.g. cubic or reno\n"
-    "                              (default: the system's, net.ipv4.tcp_congestion_control)\n"
+    "                              (client and outbound side), e.g. cubic or reno;\n"
+    "                              'system': the system's (net.ipv4.tcp_congestion_control)\n"
+    "                              everywhere; default 'auto': the system's, except that\n"
+    "                              sockets to this machine are not paced (cubic instead of\n"
+    "                              bbr, for a listener or destination on a loopback address)\n"
     "  -v, --verbose               log one line per session\n"
     "  -h, --help                  show this help\n"
     "      --version               show the version\n"
@@ -619,6 +622,10 @@ int config_parse(struct config *cfg, int argc, char **argv, char *err, size_t er
 			break;
 		case OPT_CONGESTION: {
 			size_t n = strlen(optarg);
+			cfg->congestion_system = strcmp(optarg, "system") == 0;
+			cfg->congestion[0] = 0;
+			if (cfg->congestion_system || strcmp(optarg, "auto") == 0)
+				break;
 			if (n == 0 || n >= sizeof(cfg->congestion) ||
 			    strspn(optarg, "abcdefghijklmnopqrstuvwxyz0123456789_-") != n)
 				FAIL("--congestion: '%s' is not an algorithm name (such as cubic)",

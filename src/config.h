@@ -66,8 +66,12 @@ struct config {
 	int nudp;
 	int relay_mode; /* enum relay_mode */
 	uint32_t pipes; /* --pipes: a worker's pipe pool (CONFIG_PIPES_DEFAULT) */
-	/* --congestion: TCP_CONGESTION of the proxy's own TCP sockets; empty: the system's */
+	/* --congestion ALG: TCP_CONGESTION of the proxy's own TCP sockets; empty: see below */
 	char congestion[16];
+	/* --congestion system: never set it. Otherwise, with no ALG given, sockets whose peer is
+	 * on this machine get loopback_cc (main picks it at start-up; empty: nothing to change) */
+	int congestion_system;
+	char loopback_cc[16];
 	int verbose;
 };
 

@@ -41,7 +41,8 @@ static int open_listener(const struct config *cfg, const struct sockaddr_storage
 	 * (SO_REUSEPORT picks by SO_INCOMING_CPU since 6.1): the connection stays on one core */
 	if (cpu >= 0 && setsockopt(fd, SOL_SOCKET, SO_INCOMING_CPU, &cpu, sizeof(cpu)) < 0)
 		goto fail;
-	if (worker_set_congestion(cfg, fd) < 0) /* accepted sockets inherit it */
+	/* accepted sockets inherit it; a listener on a loopback address has only local clients */
+	if (worker_set_congestion(cfg, fd, (const struct sockaddr *)ss) < 0)
 		goto fail;
 	if (bind(fd, (const struct sockaddr *)ss, len) < 0 || listen(fd, LISTEN_BACKLOG) < 0)
 		goto fail;
@@ -78,6 +79,40 @@ static void raise_nofile(void)
 	}
 }
 
+/* With no --congestion, sockets whose peer is on this machine are not paced: when the
+ * system's algorithm is bbr (which paces every socket, loopback included, with an hrtimer per
+ * burst: there is no bottleneck to pace for, only CPU), they get cubic, or reno where cubic
+ * cannot be had (reno is always built in and allowed). perf/RESULTS.md has the measurements. */
+static void pick_loopback_congestion(struct config *cfg)
+{
+	static const char *const unpaced[] = {"cubic", "reno"};
+	char sys[32] = "";
+	FILE *f;
+	int fd;
+
+	if (cfg->congestion[0] || cfg->congestion_system)
+		return;
+	f = fopen("/proc/sys/net/ipv4/tcp_congestion_control", "r");
+	if (f) {
+		if (!fgets(sys, sizeof(sys), f))
+			sys[0] = 0;
+		fclose(f);
+	}
+	if (strncmp(sys, "bbr", 3) != 0)
+		return; /* not a pacing one: nothing to change */
+	fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return;
+	for (size_t i = 0; i < sizeof(unpaced) / sizeof(unpaced[0]); i++) {
+		if (setsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, unpaced[i], strlen(unpaced[i])) ==
+		    0) {
+			snprintf(cfg->loopback_cc, sizeof(cfg->loopback_cc), "%s", unpaced[i]);
+			break;
+		}
+	}
+	close(fd);
+}
+
 /* --congestion is checked once here, so that a name the kernel does not know or does not let
  * this user choose stops the start with a clear message instead of failing per connection. */
 static int check_congestion(const struct config *cfg)
@@ -91,7 +126,7 @@ static int check_congestion(const struct config *cfg)
 	fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return 0; /* the listeners will report it */
-	ret = worker_set_congestion(cfg, fd);
+	ret = worker_set_congestion(cfg, fd, NULL);
 	close(fd);
 	if (ret == 0)
 		return 0;
@@ -132,6 +167,7 @@ int main(int argc, char **argv)
 		config_free(&cfg);
 		return 2;
 	}
+	pick_loopback_congestion(&cfg);
 	log_verbose = cfg.verbose;
 	raise_nofile();
 	/* a splice into a socket the peer has closed raises SIGPIPE: take EPIPE instead */

@@ -86,12 +86,29 @@ static void set_nodelay(int fd)
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 }
 
-int worker_set_congestion(const struct config *cfg, int fd)
+int addr_is_loopback(const struct sockaddr *peer)
 {
-	if (!cfg->congestion[0])
-		return 0;
-	if (setsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, cfg->congestion, strlen(cfg->congestion)) <
-	    0)
+	if (peer->sa_family == AF_INET)
+		return (ntohl(((const struct sockaddr_in *)peer)->sin_addr.s_addr) >> 24) == 127;
+	if (peer->sa_family == AF_INET6) {
+		const struct in6_addr *a = &((const struct sockaddr_in6 *)peer)->sin6_addr;
+		return IN6_IS_ADDR_LOOPBACK(a) ||
+		       (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+	}
+	return 0;
+}
+
+int worker_set_congestion(const struct config *cfg, int fd, const struct sockaddr *peer)
+{
+	const char *alg = cfg->congestion;
+
+	if (!alg[0]) {
+		/* pacing (bbr) a connection within this machine buys nothing and costs timers */
+		if (!cfg->loopback_cc[0] || !peer || !addr_is_loopback(peer))
+			return 0;
+		alg = cfg->loopback_cc;
+	}
+	if (setsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, alg, strlen(alg)) < 0)
 		return -errno;
 	return 0;
 }
@@ -343,7 +360,7 @@ void worker_connect_next(struct worker *w, struct conn *c)
 			break;
 		}
 		set_nodelay(fd);
-		worker_set_congestion(w->cfg, fd); /* checked at start-up */
+		worker_set_congestion(w->cfg, fd, (struct sockaddr *)a); /* checked at start-up */
 		c->tfd = fd;
 		c->state = CONN_CONNECTING;
 		sqe = worker_sqe(w);

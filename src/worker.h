@@ -89,9 +89,12 @@ uint64_t worker_now_ms(void);
 /* Connect to c->addrs[c->addr_i..naddrs) in turn. */
 void worker_connect_next(struct worker *w, struct conn *c);
 
-/* --congestion: set the configured TCP congestion control on fd (a listener's accepted
- * sockets inherit it). 0, or -errno; nothing to do without the option. */
-int worker_set_congestion(const struct config *cfg, int fd);
+/* --congestion: set the TCP congestion control of fd, whose peer is at peer (a listener:
+ * its own address, its accepted sockets inherit it; NULL: unknown): the configured one, or
+ * with none configured, cfg->loopback_cc when peer is on a loopback address. 0, or -errno. */
+int worker_set_congestion(const struct config *cfg, int fd, const struct sockaddr *peer);
+/* peer is 127.0.0.0/8, ::1 or ::ffff:127.0.0.0/104 */
+int addr_is_loopback(const struct sockaddr *peer);
 /* Cancel the operations of c in mask (CONN_OP_BIT); their CQEs still arrive. */
 void worker_cancel_ops(struct worker *w, struct conn *c, uint32_t mask);
 /* Send a reply of len bytes to the client (queued behind one being sent) and stay in the

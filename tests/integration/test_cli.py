@@ -195,6 +195,31 @@ class CliTest(unittest.TestCase):
                 self.assertEqual(socks.get((r.port, echo.port)), alg, f"proxy's outbound: {socks}")
                 self.assertEqual(socks.get((me, p.port)), system, "our own socket keeps the system's")
 
+    def test_congestion_default_does_not_pace_loopback(self):
+        """No --congestion: with bbr as the system's algorithm (it paces every socket, loopback
+        included), the proxy's sockets to peers on loopback get cubic (or reno where cubic is
+        not allowed); with another system algorithm they keep it. --congestion system keeps
+        the system's everywhere. The test's own socket always has the system's."""
+        system = read_sysctl("net/ipv4/tcp_congestion_control")
+        allowed = read_sysctl("net/ipv4/tcp_allowed_congestion_control").split()
+        if not system.startswith("bbr"):
+            want = system
+        elif "cubic" in allowed or os.geteuid() == 0:
+            want = "cubic" if "cubic" in read_sysctl(
+                "net/ipv4/tcp_available_congestion_control").split() else "reno"
+        else:
+            want = "reno"
+        for args, expect in (((), want), (("--congestion", "system"), system)):
+            with self.subTest(args=args), h.EchoServer() as echo, h.Proxy(args) as p:
+                s, r = h.socks_connect(p, "127.0.0.1", echo.port)
+                with s:
+                    self.assertEqual(h.echo_roundtrip(s, b"cc"), b"cc")
+                    me = s.getsockname()[1]
+                    socks = tcp_congestion_by_ports()
+                    self.assertEqual(socks.get((p.port, me)), expect, f"client side: {socks}")
+                    self.assertEqual(socks.get((r.port, echo.port)), expect, f"outbound: {socks}")
+                    self.assertEqual(socks.get((me, p.port)), system, "the test's own socket")
+
     def test_congestion_unknown_algorithm_stops_the_start(self):
         rc, _, err = run(["--congestion", "nosuchalg", "-l", f"127.0.0.1:{h.unused_port()}"])
         self.assertEqual(rc, 2, err)

@@ -327,6 +327,16 @@ Test(config, congestion)
 	             0, "%s", err);
 	cr_assert_str_eq(cfg.congestion, "cubic");
 	config_free(&cfg);
+	cr_assert_eq(parse(&cfg, err, 5, ARGS("--congestion", "cubic", "--congestion", "system")),
+	             0);
+	cr_assert_str_empty(cfg.congestion, "the last one counts");
+	cr_assert_eq(cfg.congestion_system, 1);
+	config_free(&cfg);
+	cr_assert_eq(parse(&cfg, err, 5, ARGS("--congestion", "system", "--congestion", "auto")),
+	             0);
+	cr_assert_str_empty(cfg.congestion);
+	cr_assert_eq(cfg.congestion_system, 0, "auto: the default");
+	config_free(&cfg);
 }
 
 Test(config, pipes)
