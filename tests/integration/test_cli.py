@@ -185,15 +185,20 @@ class CliTest(unittest.TestCase):
         alg = "reno" if system != "reno" else "cubic"
         if alg not in read_sysctl("net/ipv4/tcp_available_congestion_control").split():
             self.skipTest(f"{alg} is not available here")
-        with h.EchoServer() as echo, h.Proxy(["--congestion", alg]) as p:
+        self.check_congestion(["--congestion", alg], alg, system)
+
+    def check_congestion(self, args, expect, system):
+        """Through a proxy started with args, the kernel reports expect on the proxy's accepted
+        socket and on its outbound one, and the system's algorithm on the test's own socket."""
+        with h.EchoServer() as echo, h.Proxy(args) as p:
             s, r = h.socks_connect(p, "127.0.0.1", echo.port)
             with s:
                 self.assertEqual(h.echo_roundtrip(s, b"cc"), b"cc")
                 me = s.getsockname()[1]
                 socks = tcp_congestion_by_ports()
-                self.assertEqual(socks.get((p.port, me)), alg, f"proxy's client side: {socks}")
-                self.assertEqual(socks.get((r.port, echo.port)), alg, f"proxy's outbound: {socks}")
-                self.assertEqual(socks.get((me, p.port)), system, "our own socket keeps the system's")
+                self.assertEqual(socks.get((p.port, me)), expect, f"{args} client side: {socks}")
+                self.assertEqual(socks.get((r.port, echo.port)), expect, f"{args} outbound: {socks}")
+                self.assertEqual(socks.get((me, p.port)), system, "the test's own socket")
 
     def test_congestion_default_does_not_pace_loopback(self):
         """No --congestion: with bbr as the system's algorithm (it paces every socket, loopback
@@ -209,16 +214,8 @@ class CliTest(unittest.TestCase):
                 "net/ipv4/tcp_available_congestion_control").split() else "reno"
         else:
             want = "reno"
-        for args, expect in (((), want), (("--congestion", "system"), system)):
-            with self.subTest(args=args), h.EchoServer() as echo, h.Proxy(args) as p:
-                s, r = h.socks_connect(p, "127.0.0.1", echo.port)
-                with s:
-                    self.assertEqual(h.echo_roundtrip(s, b"cc"), b"cc")
-                    me = s.getsockname()[1]
-                    socks = tcp_congestion_by_ports()
-                    self.assertEqual(socks.get((p.port, me)), expect, f"client side: {socks}")
-                    self.assertEqual(socks.get((r.port, echo.port)), expect, f"outbound: {socks}")
-                    self.assertEqual(socks.get((me, p.port)), system, "the test's own socket")
+        self.check_congestion([], want, system)
+        self.check_congestion(["--congestion", "system"], system, system)
 
     def test_congestion_unknown_algorithm_stops_the_start(self):
         rc, _, err = run(["--congestion", "nosuchalg", "-l", f"127.0.0.1:{h.unused_port()}"])
