@@ -425,8 +425,8 @@ static int chunk_pump(struct worker *w, struct conn *c, int d)
 					rd->qhead = ch;
 				rd->qtail = ch;
 			}
-			ch->len +=
-			    (uint32_t)n; /* a send in flight from it covers the bytes it had */
+			/* a send in flight from it covers only the bytes it had */
+			ch->len += (uint32_t)n;
 			rd->qbytes += (uint32_t)n;
 			if (!(c->pending & CONN_OP_BIT(out_op(d))))
 				copy_send_head(w, c, d);
