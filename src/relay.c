@@ -296,6 +296,17 @@ static int take_pipe(struct worker *w, struct relay_dir *rd)
 	return -1;
 }
 
+/* Append ch to the direction's queue of what waits to be sent. */
+static void queue_push(struct relay_dir *rd, struct relay_chunk *ch)
+{
+	ch->next = NULL;
+	if (rd->qtail)
+		rd->qtail->next = ch;
+	else
+		rd->qhead = ch;
+	rd->qtail = ch;
+}
+
 /* A chunk for a direction's queue: a spare one, or a new one (NULL when out of memory). */
 static struct relay_chunk *chunk_get(struct worker *w)
 {
@@ -418,13 +429,8 @@ static int chunk_pump(struct worker *w, struct conn *c, int d)
 		n = recv(src_fd(c, d), ch->data + ch->len, b->chunk_size - ch->len, MSG_DONTWAIT);
 		err = errno;
 		if (n > 0) {
-			if (fresh) {
-				if (rd->qtail)
-					rd->qtail->next = ch;
-				else
-					rd->qhead = ch;
-				rd->qtail = ch;
-			}
+			if (fresh)
+				queue_push(rd, ch);
 			/* a send in flight from it covers only the bytes it had */
 			ch->len += (uint32_t)n;
 			rd->qbytes += (uint32_t)n;
@@ -727,12 +733,7 @@ static void copy_recv_done(struct worker *w, struct conn *c, int d, int res, uns
 				buf_return(w, bid);
 				feed_starved(w);
 			}
-			ch->next = NULL;
-			if (rd->qtail)
-				rd->qtail->next = ch;
-			else
-				rd->qhead = ch;
-			rd->qtail = ch;
+			queue_push(rd, ch);
 		}
 		rd->qbytes += (uint32_t)res;
 		if (!(c->pending & CONN_OP_BIT(out_op(d))) && !(rd->flags & DIR_SEND_DUE)) {
@@ -808,21 +809,22 @@ static void copy_send_done(struct worker *w, struct conn *c, int d, int res)
 		rd->qoff = 0;
 		chunk_put(w, rd, ch);
 	}
-	if (rd->qhead)
+	if (rd->qhead) {
 		copy_send_head(w, c, d); /* one send in flight per direction keeps the order */
-	else if (rd->flags & DIR_EOF) {
-		finish_dir(w, c, d); /* the queue is out */
-		return;
-	}
-	if (!(rd->flags & (DIR_COPY | DIR_SWITCHING))) {
-		/* a splicing direction that copied for want of a pipe: read on (and splice again
-		 * once the queue is out) */
-		if (!(rd->flags & DIR_EOF))
+		/* a splicing direction that copies for want of a pipe reads on meanwhile */
+		if (!(rd->flags & (DIR_COPY | DIR_SWITCHING | DIR_EOF)))
 			queue_dir(w, c, d);
 		return;
 	}
-	if (rd->qhead)
+	/* the queue is out */
+	if (rd->flags & DIR_EOF) {
+		finish_dir(w, c, d);
 		return;
+	}
+	if (!(rd->flags & (DIR_COPY | DIR_SWITCHING))) {
+		queue_dir(w, c, d); /* it copied for want of a pipe: read on, splicing if it can */
+		return;
+	}
 	if (rd->flags & DIR_SWITCHING) {
 		/* hybrid: start splicing once the recv has ended too */
 		if (!(c->pending & CONN_OP_BIT(in_op(d))))
