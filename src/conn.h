@@ -107,6 +107,7 @@ enum { DIR_UP = 0, DIR_DOWN = 1 };
 #define DIR_READABLE   0x80  /* splice-sqe: readiness seen while a splice was in flight */
 #define DIR_LARGE_READ 0x200 /* hybrid: the last read was large */
 #define DIR_SEND_DUE   0x400 /* copy: a send starts after this batch of completions */
+#define DIR_LISTED     0x800 /* copy: has an entry on the worker's starved ring */
 
 struct relay_chunk;
 

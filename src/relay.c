@@ -631,15 +631,40 @@ static void copy_send_head(struct worker *w, struct conn *c, int d)
 	sqe->user_data = worker_op(w, c, out_op(d));
 }
 
+/* Drop the entries of connections that have closed since they starved (their slot's
+ * generation has moved on). What is left is at most one entry per direction of a live
+ * connection (DIR_LISTED), which the ring's two entries per slot always hold. */
+static void starved_compact(struct worker *w)
+{
+	struct relay_bufs *b = &w->bufs;
+	uint32_t kept = 0;
+
+	for (uint32_t i = 0; i < b->starved_len; i++) {
+		uint64_t ud = b->starved[(b->starved_head + i) % b->starved_cap];
+
+		if (conn_lookup(&w->conns, ud))
+			b->starved[(b->starved_head + kept++) % b->starved_cap] = ud;
+	}
+	b->starved_len = kept;
+}
+
+/* Direction d found no buffer: it reads again when feed_starved reaches its entry. A direction
+ * has one entry at most; one that is re-armed by its own send completion (a paused direction)
+ * keeps its entry, which feed_starved then passes over. */
 static void starve(struct worker *w, struct conn *c, int d)
 {
 	struct relay_bufs *b = &w->bufs;
 
 	c->dir[d].flags |= DIR_STARVED;
+	if (c->dir[d].flags & DIR_LISTED)
+		return;
 	if (b->starved_len == b->starved_cap)
-		return; /* cannot happen: two entries per slot */
+		starved_compact(w);
+	if (b->starved_len == b->starved_cap)
+		return; /* cannot happen: the compacted ring holds live directions only */
 	b->starved[(b->starved_head + b->starved_len++) % b->starved_cap] =
 	    conn_ud((enum conn_op)d, c->gen, conn_index(&w->conns, c));
+	c->dir[d].flags |= DIR_LISTED;
 }
 
 /* Buffers are free: let starved directions read again, as many as there are free buffers
@@ -660,6 +685,8 @@ static void feed_starved(struct worker *w)
 		b->starved_head = (b->starved_head + 1) % b->starved_cap;
 		b->starved_len--;
 		c = conn_lookup(&w->conns, ud);
+		if (c)
+			c->dir[d].flags &= (uint16_t)~DIR_LISTED;
 		if (c && c->state == CONN_RELAY &&
 		    (c->dir[d].flags & (DIR_STARVED | DIR_COPY)) == (DIR_STARVED | DIR_COPY) &&
 		    !(c->pending & CONN_OP_BIT(in_op(d)))) {
