@@ -84,13 +84,14 @@ fi
 
 # ringsocks-MODE runs ringsocks with --relay MODE (splice, splice-sqe, copy, hybrid), so the
 # relay strategies can be compared side by side: --only ringsocks-splice,ringsocks-copy,...
-# ringsocks-w1 is one worker pinned to CPU 0, ringsocks-w2pin two workers pinned to CPUs 0,1,
+# ringsocks-w1 is one worker pinned to CPU 0, ringsocks-w1u one worker not pinned,
+# ringsocks-w2pin two workers pinned to CPUs 0,1,
 # ringsocks-reno the default with --congestion reno on all its sockets (reno is allowed to every
 # user, whatever net.ipv4.tcp_congestion_control says); ringsocks-system the default with
 # --congestion system, the system's algorithm on every socket (by default ringsocks does not
 # pace sockets to loopback peers when the system's algorithm is bbr).
 ALL_PROXIES=(ringsocks dante microsocks ringsocks-splice ringsocks-splice-sqe ringsocks-copy ringsocks-hybrid
-  ringsocks-w1 ringsocks-w2pin ringsocks-reno ringsocks-system)
+  ringsocks-w1 ringsocks-w1u ringsocks-w2pin ringsocks-reno ringsocks-system)
 IFS=, read -r -a PROXIES <<<"$ONLY"
 for p in "${PROXIES[@]}"; do
   case " ${ALL_PROXIES[*]} " in *" $p "*) ;; *) echo "compare.sh: unknown candidate '$p' (${ALL_PROXIES[*]})" >&2; exit 2 ;; esac
@@ -643,6 +644,7 @@ up() {
   local p=$1
   case "$p" in
     ringsocks-w1) start_ringsocks "${PPORT[$p]}" -w 1 --cpus 0 ;;
+    ringsocks-w1u) start_ringsocks "${PPORT[$p]}" -w 1 ;;
     ringsocks-w2pin) start_ringsocks "${PPORT[$p]}" -w 2 --cpus 0,1 ;;
     ringsocks-reno) start_ringsocks "${PPORT[$p]}" --congestion reno ;;
     ringsocks-system) start_ringsocks "${PPORT[$p]}" --congestion system ;;
