@@ -90,11 +90,18 @@ fi
 # user, whatever net.ipv4.tcp_congestion_control says); ringsocks-system the default with
 # --congestion system, the system's algorithm on every socket (by default ringsocks does not
 # pace sockets to loopback peers when the system's algorithm is bbr).
-ALL_PROXIES=(ringsocks dante microsocks ringsocks-splice ringsocks-splice-sqe ringsocks-copy ringsocks-hybrid
+# hev is hev-socks5-server (github.com/heiher/hev-socks5-server), which Debian does not package:
+# it runs only when HEV_SOCKS5_SERVER names a binary you built yourself (this script does not
+# fetch or build it), with RS_WORKERS workers like ringsocks.
+ALL_PROXIES=(ringsocks dante microsocks hev ringsocks-splice ringsocks-splice-sqe ringsocks-copy ringsocks-hybrid
   ringsocks-w1 ringsocks-w1u ringsocks-w2pin ringsocks-reno ringsocks-system)
 IFS=, read -r -a PROXIES <<<"$ONLY"
 for p in "${PROXIES[@]}"; do
   case " ${ALL_PROXIES[*]} " in *" $p "*) ;; *) echo "compare.sh: unknown candidate '$p' (${ALL_PROXIES[*]})" >&2; exit 2 ;; esac
+  if [ "$p" = hev ] && [ ! -x "${HEV_SOCKS5_SERVER:-}" ]; then
+    echo "compare.sh: candidate hev needs HEV_SOCKS5_SERVER=/path/to/hev-socks5-server (a binary you built; not packaged by Debian)" >&2
+    exit 2
+  fi
 done
 IFS=, read -r -a WL <<<"$WORKLOADS"
 CANDS=(direct "${PROXIES[@]}")
@@ -259,7 +266,7 @@ json.dump({"meta": meta, "notes": notes, "table": table_json, "ratios": ratios,
 
 # chart: absolute values per candidate, one panel per workload, the ratio to direct on top of each
 # bar (memory: the value, on a log scale).
-colors = {"direct": "#999999", "ringsocks": "#cc3311", "dante": "#0077bb", "microsocks": "#009988"}
+colors = {"direct": "#999999", "ringsocks": "#cc3311", "dante": "#0077bb", "microsocks": "#009988", "hev": "#ee7733"}
 panels = [("sessions/s", lambda c: sb("session", c, "rate"), False),
           ("keep-alive req/s (wrk via tunnel)", lambda c: med("wrk", c, "req_per_s"), False),
           ("bulk MB/s", lambda c: sb("bulk", c, "mbps"), False),
@@ -638,6 +645,13 @@ start_microsocks() {
   (clean_exec microsocks -i 127.0.0.1 -p "$1" >/dev/null 2>&1) &
   STARTED_PID=$!
 }
+start_hev() {
+  local conf=$WORK/hev.yml
+  printf 'main:\n  workers: %s\n  port: %s\n  listen-address: 127.0.0.1\nmisc:\n  log-level: error\n  limit-nofile: %s\n' \
+    "$RS_WORKERS" "$1" "$(ulimit -Hn)" >"$conf"
+  (clean_exec "$HEV_SOCKS5_SERVER" "$conf" >>"$OUT/logs/hev.log" 2>&1) &
+  STARTED_PID=$!
+}
 # up CAND: starts the proxy and its wrk tunnel (a ringsocks tunnel in front of the proxy, the
 # same for every proxy) on the candidate's ports.
 up() {
@@ -913,7 +927,7 @@ cat >"$OUT/meta.json" <<JSON
  "subject": "$SUBJECT", "candidates": "$(IFS=,; echo "${CANDS[*]}")", "workloads": "$WORKLOADS",
  "elapsed_s": $ELAPSED, "date": "$(date -Is)", "kernel": "$(uname -r)", "tcp_congestion_control": "$(cat /proc/sys/net/ipv4/tcp_congestion_control 2>/dev/null)", "cpus": $(nproc),
  "clk_tck": $HZ, "ringsocks": "$("$RINGSOCKS" --version 2>&1 | head -1)", "socksbench": "${SOCKSBENCH:+yes}",
- "dante": "$(danted -v 2>&1 | head -1 | cut -c1-40)", "microsocks": "$(dpkg-query -W -f='${Version}' microsocks 2>/dev/null)",
+ "dante": "$(danted -v 2>&1 | head -1 | cut -c1-40)", "hev": "${HEV_SOCKS5_SERVER:-}", "microsocks": "$(dpkg-query -W -f='${Version}' microsocks 2>/dev/null)",
  "nginx": "$(nginx -v 2>&1 | cut -d/ -f2)", "wrk": "$(wrk -v 2>&1 | head -1 | cut -d' ' -f2)",
  "nofile": "$(ulimit -Sn)/$(ulimit -Hn)", "ringsocks_binary": "$BUILD_DIR/ringsocks", "ringsocks_built": "$RS_BUILT", "ringsocks_sha256": "$RS_SHA", "commit": "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)$(git -C "$ROOT" diff --quiet HEAD -- src include 2>/dev/null || echo '+dirty')"}
 JSON
