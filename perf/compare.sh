@@ -686,26 +686,43 @@ done
 say "nginx :$NGINX_PORT, idle sink :$SINK_PORT, $(for p in "${PROXIES[@]}"; do printf '%s :%s (tunnel :%s) ' "$p" "${PPORT[$p]}" "${TPORT[$p]}"; done)"
 
 # ------------------------------------------------------------------ measurement helpers
-# check_alive CAND: the proxy and its tunnel still run. One found dead (a crash, or something else
-# on the machine killed it) is noted with the end of its log and restarted, twice at most; after
-# that it is skipped.
+# check_alive CAND: the proxy and its tunnel still run, and the proxy answers a SOCKS5 greeting
+# within 3 s. One found dead (a crash, or something else on the machine killed it) or wedged (a
+# proxy that ran out of descriptors in the idle workload may never recover: hev-socks5-server did
+# not) is noted with the end of its log and restarted, twice at most; after that it is skipped.
 log_tail() { [ -s "$1" ] && tail -n 2 "$1" | tr '\n' ' ' | cut -c1-200 || echo "no log"; }
+answers_greeting() {
+  python3 - "$1" <<'PY' 2>/dev/null
+import socket, sys
+try:
+    s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=3)
+    s.sendall(b"\x05\x01\x00")
+    sys.exit(0 if s.recv(2) == b"\x05\x00" else 1)
+except OSError:
+    sys.exit(1)
+PY
+}
 check_alive() {
-  local c=$1 what=
+  local c=$1 what= i
   [ "$c" = direct ] && return 0
   [ -z "${DEAD[$c]:-}" ] || return 1
   alive "${PPID_[$c]}" || what="$c (pid ${PPID_[$c]}; log: $(log_tail "$OUT/logs/$c.log"))"
   alive "${TPID[$c]}" || what="${what:+$what and }the tunnel in front of $c (pid ${TPID[$c]}; log: $(log_tail "$OUT/logs/tunnel-$c.log"))"
+  if [ -z "$what" ] && ! answers_greeting "${PPORT[$c]}"; then
+    what="$c (pid ${PPID_[$c]}: running, but no answer to a SOCKS5 greeting within 3 s; log: $(log_tail "$OUT/logs/$c.log"))"
+  fi
   [ -n "$what" ] || return 0
   our_kill TERM "${PPID_[$c]}" "${TPID[$c]}"
+  for i in $(seq 1 30); do alive "${PPID_[$c]}" || alive "${TPID[$c]}" || break; sleep 0.1; done
+  our_kill KILL "${PPID_[$c]}" "${TPID[$c]}"
   sleep 0.5
   if [ "${RESTARTS[$c]}" -lt 2 ] && up "$c"; then
     RESTARTS[$c]=$((RESTARTS[$c] + 1))
-    note "found dead and restarted: $what"
+    note "found dead or wedged, and restarted: $what"
     return 0
   fi
   DEAD[$c]=1
-  note "found dead, not restarted; its later measurements are skipped: $what"
+  note "found dead or wedged, not restarted; its later measurements are skipped: $what"
   return 1
 }
 # order_for ROUND: the candidates rotated by the round number, so that no one always goes first.
