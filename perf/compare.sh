@@ -703,7 +703,7 @@ except OSError:
 PY
 }
 check_alive() {
-  local c=$1 what= i
+  local c=$1 what='' i
   [ "$c" = direct ] && return 0
   [ -z "${DEAD[$c]:-}" ] || return 1
   alive "${PPID_[$c]}" || what="$c (pid ${PPID_[$c]}; log: $(log_tail "$OUT/logs/$c.log"))"
