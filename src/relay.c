@@ -182,6 +182,7 @@ void relay_destroy(struct worker *w)
 
 static void feed_starved(struct worker *w);
 
+/* A buffer goes back to the ring: directions starved of one may read again. */
 static void buf_return(struct worker *w, int32_t bid)
 {
 	struct relay_bufs *b = &w->bufs;
@@ -189,6 +190,7 @@ static void buf_return(struct worker *w, int32_t bid)
 	                      (int)b->mask, 0);
 	io_uring_buf_ring_advance(b->br, 1);
 	b->held--;
+	feed_starved(w);
 }
 
 void relay_drop_buffer(struct worker *w, unsigned cqe_flags)
@@ -196,7 +198,6 @@ void relay_drop_buffer(struct worker *w, unsigned cqe_flags)
 	if (w->bufs.br) {
 		w->bufs.held++;
 		buf_return(w, (int32_t)(cqe_flags >> IORING_CQE_BUFFER_SHIFT));
-		feed_starved(w);
 	}
 }
 
@@ -336,10 +337,9 @@ static void chunk_put(struct worker *w, struct relay_dir *rd, struct relay_chunk
 	struct relay_bufs *b = &w->bufs;
 
 	if (ch->bid >= 0) {
-		buf_return(w, ch->bid);
 		b->queued--;
 		rd->nring--;
-		feed_starved(w);
+		buf_return(w, ch->bid);
 		return;
 	}
 	if (b->nspare >= RELAY_CHUNKS_KEPT) {
@@ -740,7 +740,6 @@ static void copy_recv_done(struct worker *w, struct conn *c, int d, int res, uns
 			memcpy(ch->data + ch->len, b->mem + (size_t)bid * b->size, (size_t)res);
 			ch->len += (uint32_t)res;
 			buf_return(w, bid);
-			feed_starved(w);
 		} else {
 			if (b->queued < b->count / 2) {
 				ch = &b->nodes[bid]; /* waits in the ring's buffer itself */
@@ -758,7 +757,6 @@ static void copy_recv_done(struct worker *w, struct conn *c, int d, int res, uns
 				memcpy(ch->data, b->mem + (size_t)bid * b->size, (size_t)res);
 				ch->len = (uint32_t)res;
 				buf_return(w, bid);
-				feed_starved(w);
 			}
 			queue_push(rd, ch);
 		}
