@@ -1,10 +1,12 @@
 /* relay.c - the byte relay after the handshake, in four interchangeable ways (--relay):
  *  splice      readiness (multishot poll) then splice(2) socket -> pipe -> socket called inline
- *              from the loop, non-blocking: no payload copy, no io-wq hand-off (the default);
- *  splice-sqe  readiness, then IORING_OP_SPLICE SQEs (io_uring runs them in io-wq threads);
+ *              from the loop, non-blocking: no payload copy, no io-wq hand-off;
+ *  splice-sqe  readiness, then IORING_OP_SPLICE SQEs (io_uring runs them in io-wq threads, one
+ *              a worker: see ring_setup);
  *  copy        multishot recv into a provided-buffer ring of 256 KiB buffers, then send SQEs,
  *              one send in flight per direction (so a parked send cannot be overtaken);
- *  hybrid      copy, and switch a direction to splice once a read fills a whole buffer.
+ *  hybrid      copy, and switch a direction to splice once a read fills a whole buffer (the
+ *              default).
  * An idle connection holds no pipe, no buffer and no kernel thread in every mode. */
 #include "relay.h"
 

@@ -32,6 +32,8 @@
 
 #define RING_ENTRIES    4096
 #define RING_CQ_ENTRIES 65536
+/* io-wq threads a worker's ring may start (bounded, unbounded work); see ring_setup */
+#define RING_IOWQ_MAX   1
 #define LINGER_MS       2000 /* how long a refused client may take to close */
 #define ACCEPT_RETRY_MS 100  /* pause after EMFILE and friends */
 #define MAX_WAIT_MS     1000
@@ -861,6 +863,12 @@ static int ring_setup(struct worker *w)
 	    IORING_SETUP_COOP_TASKRUN,
 	    0,
 	};
+	/* io_uring hands what it cannot do inline to io-wq threads (only the splice SQEs of
+	 * --relay splice-sqe here), and starts one for each request in flight: 64 bulk relays
+	 * made 19 of them, and the last of each ring never exits. Every such operation here is
+	 * non-blocking (a splice that cannot move returns -EAGAIN), so one thread is enough:
+	 * a worker has at most one kernel thread beside it, whatever the load. */
+	unsigned int iowq[2] = {RING_IOWQ_MAX, RING_IOWQ_MAX};
 	int ret = -EINVAL;
 
 	for (size_t i = 0; i < sizeof(tries) / sizeof(tries[0]); i++) {
@@ -871,12 +879,19 @@ static int ring_setup(struct worker *w)
 		ret = io_uring_queue_init_params(RING_ENTRIES, &w->ring, &p);
 		if (ret == 0) {
 			w->ring_flags = p.flags;
-			return 0;
+			break;
 		}
 		if (ret != -EINVAL)
-			break;
+			return ret;
 	}
-	return ret;
+	if (ret < 0)
+		return ret;
+	ret = io_uring_register_iowq_max_workers(&w->ring, iowq);
+	if (ret < 0 && w->id == 0)
+		log_warn("io-wq threads not limited (%s): --relay splice-sqe may start one per "
+		         "relay in flight",
+		         strerror(-ret));
+	return 0;
 }
 
 static void run_queued(struct worker *w)

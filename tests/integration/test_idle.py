@@ -1,9 +1,11 @@
 """Idle connections cost no threads: 500 relays (and 200 half-done handshakes) sitting idle keep
-the proxy at <= workers + 4 threads; data still flows on them afterwards."""
+the proxy at <= workers + 4 threads; data still flows on them afterwards. 64 busy relays keep it
+there too."""
 
 import os
 import socket
 import sys
+import threading
 import time
 import unittest
 
@@ -52,6 +54,54 @@ class IdleTest(h.EchoProxyTestCase):
               f" (limit {limit})", file=sys.stderr)
         self.assertLessEqual(max(idle1), limit, f"threads while {N_IDLE} relays idle: {idle1}")
         self.assertLessEqual(max(idle2), limit, f"threads while idle after traffic: {idle2}")
+
+    def test_busy_relays_start_few_threads(self):
+        """64 relays moving data at once: the proxy stays within workers + 4 threads while they
+        run and afterwards. (io_uring runs --relay splice-sqe's splices in io-wq threads and,
+        unless the proxy limits them, starts one per splice in flight: 19 for 64 downloads.)"""
+        limit = self.workers + 4
+        n, chunk, rounds = 64, 128 * 1024, 8
+        peak, done = [self.proxy.threads()], threading.Event()
+        errors = []
+
+        def sample():
+            while not done.is_set():
+                peak.append(self.proxy.threads())
+                time.sleep(0.005)
+
+        def relay(s, i):
+            try:
+                for r in range(rounds):
+                    msg = os.urandom(chunk)
+                    if h.echo_roundtrip(s, msg) != msg:
+                        errors.append(f"relay {i} round {r}: wrong bytes")
+                        return
+            except (OSError, EOFError) as e:
+                errors.append(f"relay {i}: {e!r}")
+
+        socks = []
+        sampler = threading.Thread(target=sample)
+        try:
+            for i in range(n):
+                socks.append(h.socks_connect(self.proxy, "127.0.0.1", self.echo.port)[0])
+            sampler.start()
+            threads = [threading.Thread(target=relay, args=(s, i)) for i, s in enumerate(socks)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30 * h.SLOW)
+            after = self.sample_threads(0.5)
+        finally:
+            done.set()
+            if sampler.is_alive():
+                sampler.join()
+            for s in socks:
+                s.close()
+        print(f"  threads: {len(peak)} samples under load, max {max(peak)}; after max"
+              f" {max(after)} (limit {limit})", file=sys.stderr)
+        self.assertEqual(errors, [])
+        self.assertLessEqual(max(peak), limit, f"threads with {n} relays busy")
+        self.assertLessEqual(max(after), limit, f"threads after {n} busy relays: {after}")
 
     def test_idle_handshakes_cost_no_threads(self):
         limit = self.workers + 4
