@@ -852,7 +852,7 @@ void udp_release(struct worker *w, struct conn *c)
 		session_unhash(w, c, a);
 	for (int s = 0; s < S__COUNT; s++) {
 		if (a->sock[s] >= 0)
-			close(a->sock[s]);
+			worker_close_fd(w, a->sock[s]);
 		a->sock[s] = -1;
 	}
 	a->live = 0; /* before the buffers go back: nothing re-arms this association */

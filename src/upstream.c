@@ -94,7 +94,7 @@ void upstream_failed(struct worker *w, struct conn *c, const char *reason)
 		h->backoff_ms = UPSTREAM_BACKOFF_MAX_MS;
 	h->backoff_until_ms = w->now_ms + h->backoff_ms;
 	if (c->tfd >= 0) {
-		close(c->tfd);
+		worker_close_fd(w, c->tfd);
 		c->tfd = -1;
 	}
 	conn_timer_clear(&w->conns, c);

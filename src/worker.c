@@ -224,9 +224,9 @@ void worker_conn_close(struct worker *w, struct conn *c, const char *why)
 		log_session(w, c, why);
 	udp_release(w, c); /* an association's own sockets and waiting datagrams */
 	if (c->cfd >= 0)
-		close(c->cfd);
+		worker_close_fd(w, c->cfd);
 	if (c->tfd >= 0)
-		close(c->tfd);
+		worker_close_fd(w, c->tfd);
 	c->cfd = c->tfd = -1;
 	conn_timer_clear(&w->conns, c);
 	c->state = CONN_CLOSING;
@@ -303,7 +303,7 @@ static void conn_fail(struct worker *w, struct conn *c, uint8_t rep)
 	int n = socks5_encode_reply(buf, sizeof(buf), rep, NULL);
 
 	if (c->tfd >= 0) {
-		close(c->tfd);
+		worker_close_fd(w, c->tfd);
 		c->tfd = -1;
 	}
 	conn_timer_clear(&w->conns, c);
@@ -391,7 +391,7 @@ static void on_connect(struct worker *w, struct conn *c, int res)
 		return; /* timed out meanwhile */
 	if (res < 0) {
 		c->last_err = -res;
-		close(c->tfd);
+		worker_close_fd(w, c->tfd);
 		c->tfd = -1;
 		c->addr_i++;
 		worker_connect_next(w, c);
@@ -443,6 +443,20 @@ void worker_reply_and_relay(struct worker *w, struct conn *c, const uint8_t *buf
 		}
 	}
 	tx_flush(w, c); /* then after_tx starts the relay */
+}
+
+/* A descriptor that SQEs prepared in this batch may still name is closed by an SQE behind
+ * them, not by close(2). close(2) frees the number at once, and the kernel resolves an SQE's
+ * descriptor only when the batch is submitted: an accept issued earlier in that submission, or
+ * a socket() made meanwhile, takes the lowest free number, and a send prepared for one
+ * connection went out on another connection's socket (found by test_stress: a client read
+ * another connection's data as its CONNECT reply). In the ring the close comes after the
+ * requests that use the descriptor, so they get the file they were prepared for. */
+void worker_close_fd(struct worker *w, int fd)
+{
+	struct io_uring_sqe *sqe = worker_sqe(w);
+	io_uring_prep_close(sqe, fd);
+	sqe->user_data = conn_ud(OP_IGNORE, 0, 0);
 }
 
 void worker_cancel_ops(struct worker *w, struct conn *c, uint32_t mask)
@@ -497,7 +511,7 @@ void worker_conn_pass_failure(struct worker *w, struct conn *c, uint8_t rep, con
 	log_info("upstream %s replied %u (%s) for %s", w->cfg->upstreams[c->up_i].text, rep,
 	         socks5_reply_str(rep), socks5_addr_str(&c->hs.req.dst, dst, sizeof(dst)));
 	if (c->tfd >= 0) {
-		close(c->tfd);
+		worker_close_fd(w, c->tfd);
 		c->tfd = -1;
 	}
 	conn_timer_clear(&w->conns, c);
@@ -922,6 +936,7 @@ static void stop_all(struct worker *w)
 		if (c->state != CONN_FREE && c->state != CONN_CLOSING)
 			worker_conn_close(w, c, "shutting down");
 	}
+	io_uring_submit(&w->ring); /* the closes, before the ring goes */
 }
 
 static int worker_setup(struct worker *w)
