@@ -446,12 +446,12 @@ void worker_reply_and_relay(struct worker *w, struct conn *c, const uint8_t *buf
 }
 
 /* A descriptor that SQEs prepared in this batch may still name is closed by an SQE behind
- * them, not by close(2). close(2) frees the number at once, and the kernel resolves an SQE's
- * descriptor only when the batch is submitted: an accept issued earlier in that submission, or
- * a socket() made meanwhile, takes the lowest free number, and a send prepared for one
- * connection went out on another connection's socket (found by test_stress: a client read
+ * them, not by close(2). The kernel resolves an SQE's descriptor only when the batch is
+ * submitted, and close(2) frees the number at once: the other workers share the descriptor
+ * table, and an accept or a socket() of theirs took the number meanwhile, so a send prepared
+ * for one connection went out on another worker's new connection (test_stress: a client read
  * another connection's data as its CONNECT reply). In the ring the close comes after the
- * requests that use the descriptor, so they get the file they were prepared for. */
+ * requests that name the descriptor, so they get the file they were prepared for. */
 void worker_close_fd(struct worker *w, int fd)
 {
 	struct io_uring_sqe *sqe = worker_sqe(w);
