@@ -257,7 +257,7 @@ void bind_on_accept(struct worker *w, struct conn *c, int res)
 		return;
 	}
 	worker_cancel_ops(w, c, CONN_OP_BIT(OP_WATCH_C)); /* the relay watches the client now */
-	worker_close_fd(w, c->tfd);                       /* the listening socket */
+	worker_close_fd(w, &c->tfd);                      /* the listening socket */
 	c->tfd = res;
 	setsockopt(res, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	n = socks5_encode_reply(c->txbuf, CONN_TXBUF, SOCKS5_REP_SUCCEEDED, &a);

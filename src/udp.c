@@ -850,11 +850,8 @@ void udp_release(struct worker *w, struct conn *c)
 	unstarve(w, a);
 	if (a->mode == UDP_TUNNEL)
 		session_unhash(w, c, a);
-	for (int s = 0; s < S__COUNT; s++) {
-		if (a->sock[s] >= 0)
-			worker_close_fd(w, a->sock[s]);
-		a->sock[s] = -1;
-	}
+	for (int s = 0; s < S__COUNT; s++)
+		worker_close_fd(w, &a->sock[s]);
 	a->live = 0; /* before the buffers go back: nothing re-arms this association */
 	while (a->nwait) {
 		uint32_t bid = a->wait[a->whead].bid;

@@ -93,10 +93,7 @@ void upstream_failed(struct worker *w, struct conn *c, const char *reason)
 	if (h->backoff_ms > UPSTREAM_BACKOFF_MAX_MS)
 		h->backoff_ms = UPSTREAM_BACKOFF_MAX_MS;
 	h->backoff_until_ms = w->now_ms + h->backoff_ms;
-	if (c->tfd >= 0) {
-		worker_close_fd(w, c->tfd);
-		c->tfd = -1;
-	}
+	worker_close_fd(w, &c->tfd);
 	conn_timer_clear(&w->conns, c);
 	if (c->pending & UPSTREAM_OPS) {
 		/* requests on the old socket may still write into this slot's buffers: cancel

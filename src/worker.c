@@ -223,11 +223,8 @@ void worker_conn_close(struct worker *w, struct conn *c, const char *why)
 	if (log_verbose)
 		log_session(w, c, why);
 	udp_release(w, c); /* an association's own sockets and waiting datagrams */
-	if (c->cfd >= 0)
-		worker_close_fd(w, c->cfd);
-	if (c->tfd >= 0)
-		worker_close_fd(w, c->tfd);
-	c->cfd = c->tfd = -1;
+	worker_close_fd(w, &c->cfd);
+	worker_close_fd(w, &c->tfd);
 	conn_timer_clear(&w->conns, c);
 	c->state = CONN_CLOSING;
 	atomic_fetch_sub(&worker_live, 1);
@@ -302,10 +299,7 @@ static void conn_fail(struct worker *w, struct conn *c, uint8_t rep)
 	uint8_t buf[SOCKS5_MAX_REPLY];
 	int n = socks5_encode_reply(buf, sizeof(buf), rep, NULL);
 
-	if (c->tfd >= 0) {
-		worker_close_fd(w, c->tfd);
-		c->tfd = -1;
-	}
+	worker_close_fd(w, &c->tfd);
 	conn_timer_clear(&w->conns, c);
 	c->result = rep;
 	c->state = CONN_REPLYING;
@@ -391,8 +385,7 @@ static void on_connect(struct worker *w, struct conn *c, int res)
 		return; /* timed out meanwhile */
 	if (res < 0) {
 		c->last_err = -res;
-		worker_close_fd(w, c->tfd);
-		c->tfd = -1;
+		worker_close_fd(w, &c->tfd);
 		c->addr_i++;
 		worker_connect_next(w, c);
 		return;
@@ -452,11 +445,16 @@ void worker_reply_and_relay(struct worker *w, struct conn *c, const uint8_t *buf
  * for one connection went out on another worker's new connection (test_stress: a client read
  * another connection's data as its CONNECT reply). In the ring the close comes after the
  * requests that name the descriptor, so they get the file they were prepared for. */
-void worker_close_fd(struct worker *w, int fd)
+void worker_close_fd(struct worker *w, int *fd)
 {
-	struct io_uring_sqe *sqe = worker_sqe(w);
-	io_uring_prep_close(sqe, fd);
+	struct io_uring_sqe *sqe;
+
+	if (*fd < 0)
+		return;
+	sqe = worker_sqe(w);
+	io_uring_prep_close(sqe, *fd);
 	sqe->user_data = conn_ud(OP_IGNORE, 0, 0);
+	*fd = -1;
 }
 
 void worker_cancel_ops(struct worker *w, struct conn *c, uint32_t mask)
@@ -510,10 +508,7 @@ void worker_conn_pass_failure(struct worker *w, struct conn *c, uint8_t rep, con
 	}
 	log_info("upstream %s replied %u (%s) for %s", w->cfg->upstreams[c->up_i].text, rep,
 	         socks5_reply_str(rep), socks5_addr_str(&c->hs.req.dst, dst, sizeof(dst)));
-	if (c->tfd >= 0) {
-		worker_close_fd(w, c->tfd);
-		c->tfd = -1;
-	}
+	worker_close_fd(w, &c->tfd);
 	conn_timer_clear(&w->conns, c);
 	c->tx_len = c->tx_off = 0;
 	tx_append(c, reply, len);

@@ -96,8 +96,9 @@ int worker_set_congestion(const struct config *cfg, int fd, const struct sockadd
 /* peer is 127.0.0.0/8, ::1 or ::ffff:127.0.0.0/104 */
 int addr_is_loopback(const struct sockaddr *peer);
 /* Cancel the operations of c in mask (CONN_OP_BIT); their CQEs still arrive. */
-/* Close a connection's descriptor behind the SQEs already prepared (IORING_OP_CLOSE). */
-void worker_close_fd(struct worker *w, int fd);
+/* Close *fd behind the SQEs already prepared (IORING_OP_CLOSE) and set it to -1; nothing
+ * when it is -1 already. */
+void worker_close_fd(struct worker *w, int *fd);
 void worker_cancel_ops(struct worker *w, struct conn *c, uint32_t mask);
 /* Send a reply of len bytes to the client (queued behind one being sent) and stay in the
  * current state (BIND's first reply, UDP ASSOCIATE's reply). */
