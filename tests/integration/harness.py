@@ -41,6 +41,7 @@ import http.server
 import ipaddress
 import os
 import random
+import re
 import resource
 import signal
 import socket
@@ -59,6 +60,11 @@ BIN = os.environ.get("RINGSOCKS_BIN") or str(REPO / "build" / "ringsocks")
 PEER = os.environ.get("RINGSOCKS_PEER", "")  # "" = ringsocks, or "microsocks" / "dante"
 # extra flags for every ringsocks started (ctest runs the relay tests once per --relay mode)
 EXTRA_ARGS = os.environ.get("RINGSOCKS_ARGS", "").split()
+# tests/integration/closetrap.c (a shared library), preloaded into every ringsocks started:
+# whatever is sent to a descriptor after close(2) lands in a trap and fails the test at stop()
+CLOSETRAP = "" if PEER else os.environ.get("RINGSOCKS_CLOSETRAP", "")
+CLOSETRAP_SUMMARY = re.compile(r"closetrap: (\d+) descriptors trapped, (\d+) bytes sent to or"
+                               r" read from them after close\(2\), (\d+) closed twice")
 
 
 def _is_sanitized(path):
@@ -121,14 +127,28 @@ def wait_for(pred, timeout, interval=0.02, what="condition"):
         time.sleep(interval)
 
 
+def _unix_socket_inodes():
+    """Inodes of the AF_UNIX sockets of this network namespace (ringsocks makes none; the
+    closetrap's traps are such sockets)."""
+    try:
+        with open("/proc/net/unix") as f:
+            next(f)
+            return {line.split()[6] for line in f if len(line.split()) > 6}
+    except OSError:
+        return set()
+
+
 def socket_count(pid):
-    """Sockets held by a process (its pipes are pooled and kept on purpose, so not counted)."""
+    """Sockets held by a process (its pipes are pooled and kept on purpose, so not counted;
+    nor are the closetrap's AF_UNIX traps)."""
     n = 0
+    unix = _unix_socket_inodes() if CLOSETRAP else set()
     for f in os.listdir(f"/proc/{pid}/fd"):
         try:
-            n += os.readlink(f"/proc/{pid}/fd/{f}").startswith("socket:")
+            link = os.readlink(f"/proc/{pid}/fd/{f}")
         except OSError:
-            pass
+            continue
+        n += link.startswith("socket:") and link[8:-1] not in unix
     return n
 
 
@@ -228,8 +248,16 @@ class Proxy:
             fd, self.stderr_path = tempfile.mkstemp(prefix="ringsocks-stderr-", suffix=".log")
             Proxy.started.append(self.stderr_path)
             argv = self.argv(port)
+            env = None
+            self.trapped = bool(CLOSETRAP) and argv[0] == BIN  # ringsocks, not a peer
+            if self.trapped:
+                env = dict(os.environ, LD_PRELOAD=CLOSETRAP)
+                if SLOW > 1:  # ASan wants to come first; the trap only replaces close()
+                    opts = env.get("ASAN_OPTIONS", "")
+                    env["ASAN_OPTIONS"] = (opts + ":" if opts else "") + \
+                        "verify_asan_link_order=0"
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd,
-                                         preexec_fn=_die_with_parent, close_fds=True)
+                                         preexec_fn=_die_with_parent, close_fds=True, env=env)
             os.close(fd)
             self.port = port
             Proxy.alive.append(self)
@@ -300,6 +328,7 @@ class Proxy:
         rep = self.sanitizer_report()
         if rep:
             raise AssertionError(f"sanitizer report in proxy stderr:\n{rep}")
+        self.check_closetrap()
         if already is not None:
             raise AssertionError(f"proxy (pid {self.pid}) had already exited with code {already}"
                                  f" before it was stopped\n--- stderr (tail) ---\n{self.tail()}")
@@ -309,6 +338,21 @@ class Proxy:
                 raise AssertionError(f"proxy exited with code {rc} after signal {sig}, expected"
                                      f" {expect_code}\n--- stderr (tail) ---\n{self.tail()}")
         return rc
+
+    def check_closetrap(self):
+        """With RINGSOCKS_CLOSETRAP: no byte went to a closed descriptor, and the trap was
+        loaded (it writes its summary at exit)."""
+        if not getattr(self, "trapped", False):
+            return
+        lines = [x for x in self.stderr_lines() if x.startswith("closetrap: ")]
+        summary = [m for m in map(CLOSETRAP_SUMMARY.match, lines) if m]
+        if not summary:
+            raise AssertionError(f"{CLOSETRAP} was preloaded but wrote no summary at exit"
+                                 f"\n--- stderr (tail) ---\n{self.tail()}")
+        m = summary[-1]
+        if len(lines) > 1 or int(m.group(2)) or int(m.group(3)):
+            raise AssertionError("a descriptor was used after close(2):\n"
+                                 + "\n".join(lines[:20]))
 
     def kill(self):
         if self.proc is not None and self.proc.poll() is None:
