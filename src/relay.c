@@ -255,12 +255,32 @@ static void stop_reading(struct worker *w, struct conn *c, int d)
 		worker_cancel_ops(w, c, CONN_OP_BIT(in_op(d)));
 }
 
+/* Drop the entries of closed connections from a ring of directions (the run queue, the starved
+ * ring) and return how many are left. A direction has one entry at most, but a closed
+ * connection's entries stay until popped, and its slot may meanwhile hold a new connection
+ * with entries of its own; what is left fits, at two entries per slot. */
+static uint32_t drop_closed(struct worker *w, uint64_t *q, uint32_t head, uint32_t len,
+                            uint32_t cap)
+{
+	uint32_t kept = 0;
+
+	for (uint32_t i = 0; i < len; i++) {
+		uint64_t ud = q[(head + i) % cap];
+
+		if (conn_lookup(&w->conns, ud))
+			q[(head + kept++) % cap] = ud;
+	}
+	return kept;
+}
+
 static void queue_dir(struct worker *w, struct conn *c, int d)
 {
 	if (c->dir[d].flags & DIR_QUEUED)
 		return;
 	if (w->runq_len == w->runq_cap)
-		return; /* cannot happen: two entries per slot; the next poll event resumes it */
+		w->runq_len = drop_closed(w, w->runq, w->runq_head, w->runq_len, w->runq_cap);
+	if (w->runq_len == w->runq_cap)
+		return; /* cannot happen: what is left is live, two entries per slot at most */
 	c->dir[d].flags |= DIR_QUEUED;
 	w->runq[(w->runq_head + w->runq_len++) % w->runq_cap] =
 	    conn_ud((enum conn_op)d, c->gen, conn_index(&w->conns, c));
@@ -636,20 +656,6 @@ static void copy_send_head(struct worker *w, struct conn *c, int d)
 /* Drop the entries of connections that have closed since they starved (their slot's
  * generation has moved on). What is left is at most one entry per direction of a live
  * connection (DIR_LISTED), which the ring's two entries per slot always hold. */
-static void starved_compact(struct worker *w)
-{
-	struct relay_bufs *b = &w->bufs;
-	uint32_t kept = 0;
-
-	for (uint32_t i = 0; i < b->starved_len; i++) {
-		uint64_t ud = b->starved[(b->starved_head + i) % b->starved_cap];
-
-		if (conn_lookup(&w->conns, ud))
-			b->starved[(b->starved_head + kept++) % b->starved_cap] = ud;
-	}
-	b->starved_len = kept;
-}
-
 /* Direction d found no buffer: it reads again when feed_starved reaches its entry. A direction
  * has one entry at most; one that is re-armed by its own send completion (a paused direction)
  * keeps its entry, which feed_starved then passes over. */
@@ -661,7 +667,8 @@ static void starve(struct worker *w, struct conn *c, int d)
 	if (c->dir[d].flags & DIR_LISTED)
 		return;
 	if (b->starved_len == b->starved_cap)
-		starved_compact(w);
+		b->starved_len =
+		    drop_closed(w, b->starved, b->starved_head, b->starved_len, b->starved_cap);
 	if (b->starved_len == b->starved_cap)
 		return; /* cannot happen: the compacted ring holds live directions only */
 	b->starved[(b->starved_head + b->starved_len++) % b->starved_cap] =
