@@ -45,6 +45,11 @@ enum conn_op {
 	OP__COUNT
 };
 #define CONN_OP_BIT(op) (1u << (op))
+/* splice SQEs (--relay splice-sqe): io_uring runs them in io-wq, which looks their
+ * descriptors up only when it runs them, after the SQEs behind them in the batch */
+#define CONN_SPLICE_OPS                                                                            \
+	(CONN_OP_BIT(OP_SPLIN_C) | CONN_OP_BIT(OP_SPLIN_T) | CONN_OP_BIT(OP_SPLOUT_T) |            \
+	 CONN_OP_BIT(OP_SPLOUT_C))
 _Static_assert(OP__COUNT <= 32, "pending is a 32-bit mask");
 
 static inline uint64_t conn_ud(enum conn_op op, uint32_t gen, uint32_t idx)

@@ -185,6 +185,9 @@ static const struct socks5_addr *tunnel_dst(const struct worker *w, const struct
 static void conn_free_if_idle(struct worker *w, struct conn *c)
 {
 	if (c->state == CONN_CLOSING && c->pending == 0) {
+		/* sockets a splice SQE held are closed now (worker_conn_close) */
+		worker_close_fd(w, &c->cfd);
+		worker_close_fd(w, &c->tfd);
 		/* only now: a cancelled send may still have been reading a buffer */
 		relay_release(w, c);
 		conn_release(&w->conns, c);
@@ -223,8 +226,14 @@ void worker_conn_close(struct worker *w, struct conn *c, const char *why)
 	if (log_verbose)
 		log_session(w, c, why);
 	udp_release(w, c); /* an association's own sockets and waiting datagrams */
-	worker_close_fd(w, &c->cfd);
-	worker_close_fd(w, &c->tfd);
+	/* An SQE ahead of the close in the ring gets its file before the close runs, except a
+	 * splice: io-wq looks its descriptors up when it runs it, which may be after the close,
+	 * when another worker's accept or socket() may have the number. Sockets a splice SQE
+	 * names are closed once it is over (conn_free_if_idle). */
+	if (!(c->pending & CONN_SPLICE_OPS)) {
+		worker_close_fd(w, &c->cfd);
+		worker_close_fd(w, &c->tfd);
+	}
 	conn_timer_clear(&w->conns, c);
 	c->state = CONN_CLOSING;
 	atomic_fetch_sub(&worker_live, 1);
