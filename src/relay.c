@@ -653,9 +653,6 @@ static void copy_send_head(struct worker *w, struct conn *c, int d)
 	sqe->user_data = worker_op(w, c, out_op(d));
 }
 
-/* Drop the entries of connections that have closed since they starved (their slot's
- * generation has moved on). What is left is at most one entry per direction of a live
- * connection (DIR_LISTED), which the ring's two entries per slot always hold. */
 /* Direction d found no buffer: it reads again when feed_starved reaches its entry. A direction
  * has one entry at most; one that is re-armed by its own send completion (a paused direction)
  * keeps its entry, which feed_starved then passes over. */
@@ -670,7 +667,7 @@ static void starve(struct worker *w, struct conn *c, int d)
 		b->starved_len =
 		    drop_closed(w, b->starved, b->starved_head, b->starved_len, b->starved_cap);
 	if (b->starved_len == b->starved_cap)
-		return; /* cannot happen: the compacted ring holds live directions only */
+		return; /* cannot happen: what is left is live (DIR_LISTED: one a direction) */
 	b->starved[(b->starved_head + b->starved_len++) % b->starved_cap] =
 	    conn_ud((enum conn_op)d, c->gen, conn_index(&w->conns, c));
 	c->dir[d].flags |= DIR_LISTED;
