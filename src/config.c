@@ -46,6 +46,10 @@ static const char usage[] =
     "      --pipes N               splice through at most N pipes per worker (1 MiB each,\n"
     "                              two descriptors); while all are in use a direction is\n"
     "                              copied instead (default 512; 0: never splice)\n"
+    "      --relay-memory MIB      at most MIB MiB a worker reads ahead of destinations\n"
+    "                              slower than their sources (past the sockets' buffers);\n"
+    "                              beyond it a direction with bytes waiting reads on only\n"
+    "                              once they are out (default 64; 512 KiB a direction)\n"
     "      --congestion ALG        TCP congestion control of the proxy's own sockets\n"
     "                              (client and outbound side), e.g. cubic or reno;\n"
     "                              'system': the system's (net.ipv4.tcp_congestion_control)\n"
@@ -69,7 +73,8 @@ static const char usage[] =
     "      --via URL               the proxy, socks5://[USER:PASS@]HOST:PORT; repeatable\n"
     "                              (failover)\n"
     "  -w, --cpus, --resolver, --connect-timeout, --max-conns, --udp-idle-timeout, --relay,\n"
-    "  --pipes, --congestion, -v   as above\n";
+    "  --pipes, --relay-memory, --congestion, -v\n"
+    "                              as above\n";
 
 enum {
 	OPT_CPUS = 256,
@@ -87,6 +92,7 @@ enum {
 	OPT_UDP_IDLE,
 	OPT_CONGESTION,
 	OPT_PIPES,
+	OPT_RELAY_MEMORY,
 };
 
 static const struct option long_opts[] = {
@@ -109,6 +115,7 @@ static const struct option long_opts[] = {
     {"relay", required_argument, NULL, OPT_RELAY},
     {"congestion", required_argument, NULL, OPT_CONGESTION},
     {"pipes", required_argument, NULL, OPT_PIPES},
+    {"relay-memory", required_argument, NULL, OPT_RELAY_MEMORY},
     {NULL, 0, NULL, 0},
 };
 
@@ -480,6 +487,7 @@ int config_parse(struct config *cfg, int argc, char **argv, char *err, size_t er
 	cfg->handshake_timeout = 10;
 	cfg->relay_mode = RELAY_HYBRID; /* the measured winner: see perf/RESULTS.md */
 	cfg->pipes = CONFIG_PIPES_DEFAULT;
+	cfg->relay_memory_mib = CONFIG_RELAY_MEMORY_DEFAULT;
 	cfg->connect_timeout = 10;
 	cfg->bind_timeout = 60;
 	cfg->udp_idle_timeout = 120;
@@ -619,6 +627,12 @@ int config_parse(struct config *cfg, int argc, char **argv, char *err, size_t er
 			if (parse_long(optarg, 0, 65536, &v) < 0)
 				FAIL("--pipes: '%s' is not a number from 0 to 65536", optarg);
 			cfg->pipes = (uint32_t)v;
+			break;
+		case OPT_RELAY_MEMORY:
+			if (parse_long(optarg, 1, 65536, &v) < 0)
+				FAIL("--relay-memory: '%s' is not a number of MiB from 1 to 65536",
+				     optarg);
+			cfg->relay_memory_mib = (uint32_t)v;
 			break;
 		case OPT_CONGESTION: {
 			size_t n = strlen(optarg);

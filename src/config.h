@@ -32,7 +32,8 @@ struct config_upstream {
 enum config_mode { MODE_SERVER = 0, MODE_TUNNEL };
 
 /* How the relay moves bytes (see relay.c). */
-#define CONFIG_PIPES_DEFAULT 512 /* pipes a worker lends at most: two descriptors each */
+#define CONFIG_PIPES_DEFAULT        512 /* pipes a worker lends at most: two descriptors each */
+#define CONFIG_RELAY_MEMORY_DEFAULT 64  /* MiB of chunks a worker's relay queues hold at most */
 enum relay_mode { RELAY_SPLICE = 0, RELAY_SPLICE_SQE, RELAY_COPY, RELAY_HYBRID };
 
 struct config {
@@ -64,8 +65,9 @@ struct config {
 	socklen_t udp_listen_len[CONFIG_MAX_LISTEN];
 	struct socks5_addr udp_dst[CONFIG_MAX_LISTEN];
 	int nudp;
-	int relay_mode; /* enum relay_mode */
-	uint32_t pipes; /* --pipes: a worker's pipe pool (CONFIG_PIPES_DEFAULT) */
+	int relay_mode;            /* enum relay_mode */
+	uint32_t pipes;            /* --pipes: a worker's pipe pool (CONFIG_PIPES_DEFAULT) */
+	uint32_t relay_memory_mib; /* --relay-memory (CONFIG_RELAY_MEMORY_DEFAULT) */
 	/* --congestion ALG: TCP_CONGESTION of the proxy's own TCP sockets; empty: see below */
 	char congestion[16];
 	/* --congestion system: never set it. Otherwise, with no ALG given, sockets whose peer is

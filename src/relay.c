@@ -118,6 +118,7 @@ int relay_init(struct worker *w, uint32_t slots)
 	if (ret < 0)
 		return ret;
 	b->chunk_size = w->cfg->relay_mode == RELAY_COPY ? RELAY_BUF_SIZE : RELAY_HYBRID_BUF_SIZE;
+	b->chunk_budget = (size_t)w->cfg->relay_memory_mib << 20;
 	if (w->cfg->relay_mode != RELAY_COPY && w->cfg->relay_mode != RELAY_HYBRID)
 		return 0;
 	b->count = w->cfg->relay_mode == RELAY_HYBRID ? RELAY_BUF_COUNT : 2 * RELAY_BUF_COUNT;
@@ -350,7 +351,16 @@ static struct relay_chunk *chunk_get(struct worker *w)
 	}
 	ch->next = NULL;
 	ch->len = 0;
+	b->chunk_bytes += b->chunk_size;
 	return ch;
+}
+
+/* Past --relay-memory, a direction with bytes waiting reads no more until they are out (the
+ * pause that RELAY_PAUSE_BYTES makes, sooner): so the chunks of directions whose destinations
+ * do not read stay near the budget, one chunk each past it, not RELAY_PAUSE_BYTES each. */
+static int over_budget(const struct worker *w, const struct relay_dir *rd)
+{
+	return rd->qhead && w->bufs.chunk_bytes >= w->bufs.chunk_budget;
 }
 
 /* Done with a queue entry: a ring buffer goes back to the ring, a chunk to the spares. */
@@ -364,6 +374,7 @@ static void chunk_put(struct worker *w, struct relay_dir *rd, struct relay_chunk
 		buf_return(w, ch->bid);
 		return;
 	}
+	b->chunk_bytes -= b->chunk_size;
 	if (b->nspare >= RELAY_CHUNKS_KEPT) {
 		munmap(ch, sizeof(*ch) + b->chunk_size);
 		return;
@@ -434,7 +445,7 @@ static int chunk_pump(struct worker *w, struct conn *c, int d)
 	struct relay_dir *rd = &c->dir[d];
 	struct relay_bufs *b = &w->bufs;
 
-	for (int round = 0; rd->qbytes < RELAY_PAUSE_BYTES; round++) {
+	for (int round = 0; rd->qbytes < RELAY_PAUSE_BYTES && !over_budget(w, rd); round++) {
 		struct relay_chunk *ch = rd->qtail;
 		int fresh = !ch || ch->len == b->chunk_size;
 		ssize_t n;
@@ -779,7 +790,8 @@ static void copy_recv_done(struct worker *w, struct conn *c, int d, int res, uns
 			hybrid_to_splice(w, c, d);
 			return;
 		}
-		if ((rd->qbytes >= RELAY_PAUSE_BYTES || rd->nring >= RELAY_PAUSE_BUFS) &&
+		if ((rd->qbytes >= RELAY_PAUSE_BYTES || rd->nring >= RELAY_PAUSE_BUFS ||
+		     over_budget(w, rd)) &&
 		    !(rd->flags & DIR_PAUSED)) {
 			/* flow control: the destination is slower; stop reading for now */
 			rd->flags |= DIR_PAUSED;

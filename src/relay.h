@@ -72,7 +72,9 @@ struct relay_bufs {
 	uint32_t chunk_size; /* a chunk's capacity (the ring's buffer size when there is one) */
 	struct relay_chunk *spare; /* chunks kept for reuse */
 	uint32_t nspare;
-	uint64_t *starved; /* directions waiting for a buffer (user_data form), a ring */
+	size_t chunk_bytes;  /* capacity of the chunks in directions' queues */
+	size_t chunk_budget; /* --relay-memory: past it a direction with bytes waiting pauses */
+	uint64_t *starved;   /* directions waiting for a buffer (user_data form), a ring */
 	uint32_t starved_head, starved_len, starved_cap;
 };
 

@@ -296,6 +296,57 @@ class RelayTest(h.EchoProxyTestCase):
                 fast.wait_done(16, timeout=stall)
                 h.check_serving(p)
 
+    @unittest.skipIf(h.PEER or h.EXTRA_ARGS, "ringsocks's own limit; run once, in its own mode")
+    def test_relay_memory_bounds_what_waits_for_slow_readers(self):
+        """32 clients that do not read while their destinations send 8 MiB each, through one
+        worker with no pipe to splice through (--relay splice --pipes 0: a direction reads into
+        64 KiB chunks of its own, the path of a splicing direction while all pipes are lent).
+        With the default --relay-memory each direction reads up to 512 KiB ahead of its client
+        (16 MiB for the 32); with --relay-memory 1, past 1 MiB a direction with bytes waiting
+        stops reading, so about 1 MiB plus a chunk a direction. Then the clients read: every
+        byte arrives, in order, through both."""
+        # 8 MiB: more than the kernel's buffers on the way hold (the proxy's send buffer to its
+        # client grows to 4 MiB on loopback), so what is left waits in the proxy or behind it
+        n, blob = 32, os.urandom(8 * MiB)
+        want = h.sha256(blob)
+
+        def flood(c, addr):
+            try:
+                c.sendall(blob)
+            except OSError:
+                pass
+
+        def rss_kib(pid):
+            with open(f"/proc/{pid}/status") as f:
+                return next(int(x.split()[1]) for x in f if x.startswith("VmRSS:"))
+
+        def settled_rss(pid):
+            last, same = -1, 0
+            deadline = time.monotonic() + 10 * h.SLOW
+            while same < 5 and time.monotonic() < deadline:
+                time.sleep(0.1)
+                now = rss_kib(pid)
+                same = same + 1 if now == last else 0
+                last = now
+            return last
+
+        grown = {}
+        for mib in (64, 1):
+            args = ["--relay", "splice", "--pipes", 0, "--relay-memory", mib]
+            with h.Proxy(args, workers=1) as p, h.ThreadedServer(flood) as srv:
+                h.socks_connect(p, "127.0.0.1", srv.port)[0].close()  # ring and stacks in use
+                base = settled_rss(p.pid)
+                clients = [h.socks_connect(p, "127.0.0.1", srv.port)[0] for _ in range(n)]
+                grown[mib] = settled_rss(p.pid) - base
+                for i, s in enumerate(clients):
+                    got = h.drain_hash(s)
+                    self.assertEqual(got, (len(blob), want), f"--relay-memory {mib}: client {i}")
+                    s.close()
+                srv.wait_done(n + 1, timeout=10 * h.SLOW)
+                h.check_serving(p)
+        self.assertGreater(grown[64], 10 * 1024, f"RSS growth in KiB: {grown}")
+        self.assertLess(grown[1], 6 * 1024, f"RSS growth in KiB: {grown}")
+
     def test_destination_closes_at_once(self):
         with h.ThreadedServer(lambda c, a: None) as srv:
             s, r = h.socks_connect(self.proxy, "127.0.0.1", srv.port)

@@ -2,6 +2,7 @@
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "config.h"
@@ -339,24 +340,52 @@ Test(config, congestion)
 	config_free(&cfg);
 }
 
-Test(config, pipes)
+/* A numeric option: its default, both ends of its range, and values it refuses, each of
+ * which names the option in the error. */
+static void check_number_option(const char *opt, uint32_t (*get)(const struct config *),
+                                uint32_t dflt, uint32_t lo, uint32_t hi, char **bad, size_t nbad)
 {
 	struct config cfg;
-	char err[256];
+	char err[256], v[16];
 	char *argv[] = {"ringsocks", NULL};
 	cr_assert_eq(parse(&cfg, err, 1, argv), 0);
-	cr_assert_eq(cfg.pipes, CONFIG_PIPES_DEFAULT);
+	cr_assert_eq(get(&cfg), dflt, "%s: default", opt);
 	config_free(&cfg);
-	cr_assert_eq(parse(&cfg, err, 3, ARGS("--pipes", "0")), 0, "%s", err);
-	cr_assert_eq(cfg.pipes, 0, "0: never splice");
-	config_free(&cfg);
-	cr_assert_eq(parse(&cfg, err, 3, ARGS("--pipes", "65536")), 0, "%s", err);
-	cr_assert_eq(cfg.pipes, 65536);
-	config_free(&cfg);
-	char *bad[] = {"-1", "65537", "8x", ""};
-	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-		cr_assert_eq(parse(&cfg, err, 3, ARGS("--pipes", bad[i])), -EINVAL, "%s", bad[i]);
-		cr_assert_not_null(strstr(err, "--pipes"), "%s", err);
+	for (int end = 0; end < 2; end++) {
+		uint32_t want = end ? hi : lo;
+		snprintf(v, sizeof(v), "%u", want);
+		cr_assert_eq(parse(&cfg, err, 3, ARGS((char *)opt, v)), 0, "%s", err);
+		cr_assert_eq(get(&cfg), want, "%s %s", opt, v);
 		config_free(&cfg);
 	}
+	for (size_t i = 0; i < nbad; i++) {
+		cr_assert_eq(parse(&cfg, err, 3, ARGS((char *)opt, bad[i])), -EINVAL, "%s %s", opt,
+		             bad[i]);
+		cr_assert_not_null(strstr(err, opt), "%s", err);
+		config_free(&cfg);
+	}
+}
+
+static uint32_t get_pipes(const struct config *c)
+{
+	return c->pipes;
+}
+
+static uint32_t get_relay_memory(const struct config *c)
+{
+	return c->relay_memory_mib;
+}
+
+Test(config, pipes)
+{
+	char *bad[] = {"-1", "65537", "8x", ""};
+	/* 0: never splice */
+	check_number_option("--pipes", get_pipes, CONFIG_PIPES_DEFAULT, 0, 65536, bad, 4);
+}
+
+Test(config, relay_memory)
+{
+	char *bad[] = {"0", "-1", "65537", "8x", "", "1M"};
+	check_number_option("--relay-memory", get_relay_memory, CONFIG_RELAY_MEMORY_DEFAULT, 1,
+	                    65536, bad, 6);
 }
