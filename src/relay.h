@@ -41,7 +41,8 @@ void pipe_pool_put(struct pipe_pool *p, int idx, int empty);
 #define RELAY_BUF_COUNT       32           /* hybrid's; copy's ring has twice as many */
 #define RELAY_PAUSE_BYTES     (512u << 10) /* stop reading a direction with this much unsent */
 #define RELAY_PAUSE_BUFS      4            /* ... or with this many of the ring's buffers */
-#define RELAY_CHUNKS_KEPT     4            /* spare queue chunks a worker keeps for reuse */
+#define RELAY_CHUNKS_KEPT     4            /* spare queue chunks a worker keeps for good */
+#define RELAY_CHUNKS_SPARE    1024         /* ... and while it uses chunks (relay_tick) */
 #define RELAY_SMALL_READ      (4u << 10)   /* a read copied onto the previous waiting one */
 
 /* What a copying direction has read and not yet sent: a queue of the ring's buffers
@@ -72,9 +73,10 @@ struct relay_bufs {
 	uint32_t chunk_size; /* a chunk's capacity (the ring's buffer size when there is one) */
 	struct relay_chunk *spare; /* chunks kept for reuse */
 	uint32_t nspare;
-	size_t chunk_bytes;  /* capacity of the chunks in directions' queues */
-	size_t chunk_budget; /* --relay-memory: past it a direction with bytes waiting pauses */
-	uint64_t *starved;   /* directions waiting for a buffer (user_data form), a ring */
+	uint64_t chunk_used_ms; /* when a chunk was last taken (relay_tick) */
+	size_t chunk_bytes;     /* capacity of the chunks in directions' queues */
+	size_t chunk_budget;    /* --relay-memory: past it a direction with bytes waiting pauses */
+	uint64_t *starved;      /* directions waiting for a buffer (user_data form), a ring */
 	uint32_t starved_head, starved_len, starved_cap;
 };
 
@@ -93,6 +95,8 @@ void relay_event(struct worker *w, struct conn *c, int op, unsigned flags, int r
 void relay_resume(struct worker *w, struct conn *c, int dir);
 /* Give back the provided buffer a relay recv CQE (flags) carries, for a connection gone. */
 void relay_drop_buffer(struct worker *w, unsigned cqe_flags);
+/* Once a second or more often: spare chunks not needed for a second are given back. */
+void relay_tick(struct worker *w);
 /* Give back the pipes and buffers of a connection with nothing in flight any more. */
 void relay_release(struct worker *w, struct conn *c);
 

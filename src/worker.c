@@ -1044,6 +1044,7 @@ void *worker_main(void *arg)
 		while ((c = conn_timer_expired(&w->conns, w->now_ms)))
 			on_timeout(w, c);
 		dns_next = dns_tick(w->dns, w->now_ms);
+		relay_tick(w);
 		if (w->accept_retry_ms && w->now_ms >= w->accept_retry_ms) {
 			w->accept_retry_ms = 0;
 			for (int i = 0; i < w->nlisten; i++)
