@@ -33,7 +33,7 @@ enum config_mode { MODE_SERVER = 0, MODE_TUNNEL };
 
 /* How the relay moves bytes (see relay.c). */
 #define CONFIG_PIPES_DEFAULT        512 /* pipes a worker lends at most: two descriptors each */
-#define CONFIG_RELAY_MEMORY_DEFAULT 64  /* MiB of chunks a worker's relay queues hold at most */
+#define CONFIG_RELAY_MEMORY_DEFAULT 64  /* MiB of queued chunks past which a worker reads less */
 enum relay_mode { RELAY_SPLICE = 0, RELAY_SPLICE_SQE, RELAY_COPY, RELAY_HYBRID };
 
 struct config {

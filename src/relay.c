@@ -164,6 +164,17 @@ int relay_init(struct worker *w, uint32_t slots)
 	return 0;
 }
 
+/* Unmap spare chunks until `keep` are left. */
+static void drop_spares(struct relay_bufs *b, uint32_t keep)
+{
+	while (b->nspare > keep) {
+		struct relay_chunk *ch = b->spare;
+		b->spare = ch->next;
+		b->nspare--;
+		munmap(ch, sizeof(*ch) + b->chunk_size);
+	}
+}
+
 void relay_destroy(struct worker *w)
 {
 	struct relay_bufs *b = &w->bufs;
@@ -173,11 +184,7 @@ void relay_destroy(struct worker *w)
 		munmap(b->br, sizeof(struct io_uring_buf) * b->count);
 	if (b->mem)
 		munmap(b->mem, (size_t)b->count * b->size);
-	while (b->spare) {
-		struct relay_chunk *ch = b->spare;
-		b->spare = ch->next;
-		munmap(ch, sizeof(*ch) + b->chunk_size);
-	}
+	drop_spares(b, 0);
 	free(b->nodes);
 	free(b->starved);
 	memset(b, 0, sizeof(*b));
@@ -205,12 +212,8 @@ void relay_tick(struct worker *w)
 {
 	struct relay_bufs *b = &w->bufs;
 
-	while (b->nspare > RELAY_CHUNKS_KEPT && w->now_ms - b->chunk_used_ms >= 1000) {
-		struct relay_chunk *ch = b->spare;
-		b->spare = ch->next;
-		b->nspare--;
-		munmap(ch, sizeof(*ch) + b->chunk_size);
-	}
+	if (w->now_ms - b->chunk_used_ms >= 1000)
+		drop_spares(b, RELAY_CHUNKS_KEPT);
 }
 
 void relay_drop_buffer(struct worker *w, unsigned cqe_flags)
