@@ -102,17 +102,18 @@ enum timer_kind {
 
 /* One relay direction: client->target (DIR_UP) or target->client (DIR_DOWN). */
 enum { DIR_UP = 0, DIR_DOWN = 1 };
-#define DIR_EOF        0x1   /* source reached EOF */
-#define DIR_SHUT       0x2   /* EOF propagated: shutdown(SHUT_WR) done on the destination */
-#define DIR_SWITCHING  0x4   /* hybrid: leaving copy for splice; the recv has not ended yet */
-#define DIR_QUEUED     0x8   /* on the worker's runnable list */
-#define DIR_COPY       0x10  /* copying through buffers (not splicing) */
-#define DIR_PAUSED     0x20  /* copy: reading stopped while too much waits to be sent */
-#define DIR_STARVED    0x40  /* copy: reading stopped for want of buffers */
-#define DIR_READABLE   0x80  /* splice-sqe: readiness seen while a splice was in flight */
-#define DIR_LARGE_READ 0x200 /* hybrid: the last read was large */
-#define DIR_SEND_DUE   0x400 /* copy: a send starts after this batch of completions */
-#define DIR_LISTED     0x800 /* copy: has an entry on the worker's starved ring */
+#define DIR_EOF        0x1    /* source reached EOF */
+#define DIR_SHUT       0x2    /* EOF propagated: shutdown(SHUT_WR) done on the destination */
+#define DIR_SWITCHING  0x4    /* hybrid: leaving copy for splice; the recv has not ended yet */
+#define DIR_QUEUED     0x8    /* on the worker's runnable list */
+#define DIR_COPY       0x10   /* copying through buffers (not splicing) */
+#define DIR_PAUSED     0x20   /* copy: reading stopped while too much waits to be sent */
+#define DIR_STARVED    0x40   /* copy: reading stopped for want of buffers */
+#define DIR_READABLE   0x80   /* splice-sqe: readiness seen while a splice was in flight */
+#define DIR_LARGE_READ 0x200  /* hybrid: the last read was large */
+#define DIR_SEND_DUE   0x400  /* copy: a send starts after this batch of completions */
+#define DIR_LISTED     0x800  /* copy: has an entry on the worker's starved ring */
+#define DIR_SLOW       0x1000 /* copy: paused once; reads a buffer at a time from then on */
 
 struct relay_chunk;
 

@@ -175,6 +175,7 @@ int main(int argc, char **argv)
 	sigemptyset(&sigs);
 	sigaddset(&sigs, SIGINT);
 	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGUSR1);               /* each worker logs its counters */
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL); /* inherited by the workers */
 
 	if (ares_library_init(ARES_LIB_INIT_ALL) != ARES_SUCCESS) {
@@ -244,8 +245,14 @@ int main(int argc, char **argv)
 			log_msg("info", "listening on %s/udp (%d workers%s)",
 			        addr_text(&cfg.udp_listen[l], text, sizeof(text)), cfg.workers,
 			        cfg.ncpus ? ", pinned" : "");
-		while (sigwait(&sigs, &sig) != 0)
-			;
+		for (;;) {
+			if (sigwait(&sigs, &sig) != 0)
+				continue;
+			if (sig != SIGUSR1)
+				break;
+			for (int i = 0; i < cfg.workers; i++)
+				worker_report(&workers[i]);
+		}
 		log_msg("info", "signal %d: stopping", sig);
 	}
 	for (int i = 0; i < started; i++)

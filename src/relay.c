@@ -372,6 +372,8 @@ static struct relay_chunk *chunk_get(struct worker *w)
 	ch->next = NULL;
 	ch->len = 0;
 	b->chunk_bytes += b->chunk_size;
+	if (b->chunk_bytes > b->chunk_peak)
+		b->chunk_peak = b->chunk_bytes;
 	b->chunk_used_ms = w->now_ms;
 	return ch;
 }
@@ -660,14 +662,26 @@ static void sqe_out_done(struct worker *w, struct conn *c, int d, int res)
 	sqe_splice_in(w, c, d);
 }
 
-/* ---- copy: multishot recv into the buffer ring, then send ---- */
+/* ---- copy: recv into the buffer ring, then send ---- */
 
+/* A multishot recv cannot be held back: once armed, the kernel receives into free buffers of
+ * the shared ring for as long as the socket has data (up to 32 reads in a row), and the flow
+ * control below sees them only as their completions arrive, after the pause. With 256 KiB
+ * buffers that put several MiB behind each destination that did not read (32 such clients:
+ * 130-180 MiB, past --relay-memory and RELAY_PAUSE_BYTES). So --relay copy reads a buffer at
+ * a time, and decides after each read whether to read on; hybrid keeps the multishot recv
+ * for its small messages (its 64 KiB buffers end in splice when bulk), and reads a buffer at
+ * a time once a direction has paused (DIR_SLOW) or the worker is past --relay-memory. */
 static void copy_arm_recv(struct worker *w, struct conn *c, int d)
 {
 	struct io_uring_sqe *sqe = worker_sqe(w);
 
 	c->dir[d].flags &= (uint16_t) ~(DIR_PAUSED | DIR_STARVED);
-	io_uring_prep_recv_multishot(sqe, src_fd(c, d), NULL, 0, 0);
+	if (w->cfg->relay_mode == RELAY_COPY || (c->dir[d].flags & DIR_SLOW) ||
+	    w->bufs.chunk_bytes >= w->bufs.chunk_budget)
+		io_uring_prep_recv(sqe, src_fd(c, d), NULL, 0, 0);
+	else
+		io_uring_prep_recv_multishot(sqe, src_fd(c, d), NULL, 0, 0);
 	sqe->flags |= IOSQE_BUFFER_SELECT;
 	sqe->buf_group = RELAY_BGID;
 	sqe->user_data = worker_op(w, c, in_op(d));
@@ -815,7 +829,7 @@ static void copy_recv_done(struct worker *w, struct conn *c, int d, int res, uns
 		     over_budget(w, rd)) &&
 		    !(rd->flags & DIR_PAUSED)) {
 			/* flow control: the destination is slower; stop reading for now */
-			rd->flags |= DIR_PAUSED;
+			rd->flags |= DIR_PAUSED | DIR_SLOW;
 			if (more)
 				stop_reading(w, c, d);
 			return;
@@ -843,13 +857,15 @@ static void copy_recv_done(struct worker *w, struct conn *c, int d, int res, uns
 			start_splicing(w, c, d);
 		return;
 	}
-	if (res == -ENOBUFS) {
+	if (res == -ENOBUFS && !(rd->flags & DIR_PAUSED)) {
 		starve(w, c, d);
 		feed_starved(w);
 		return;
 	}
-	/* -ECANCELED: paused by flow control. copy_send_done reads again once the queue is out;
-	 * if it has already run dry, it found this recv still in flight and left it to us. */
+	/* -ECANCELED, or -ENOBUFS after a pause, which must not make it a starved direction:
+	 * feed_starved would wake it to read on past the pause. copy_send_done reads again once
+	 * the queue is out; if it has already run dry, it found this recv still in flight and
+	 * left it to us. */
 	if ((rd->flags & DIR_PAUSED) && !rd->qhead && !(rd->flags & DIR_EOF))
 		copy_arm_recv(w, c, d);
 }

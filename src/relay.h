@@ -75,6 +75,7 @@ struct relay_bufs {
 	uint32_t nspare;
 	uint64_t chunk_used_ms; /* when a chunk was last taken (relay_tick) */
 	size_t chunk_bytes;     /* capacity of the chunks in directions' queues */
+	size_t chunk_peak;      /* the most chunk_bytes has been */
 	size_t chunk_budget;    /* --relay-memory: past it a direction with bytes waiting pauses */
 	uint64_t *starved;      /* directions waiting for a buffer (user_data form), a ring */
 	uint32_t starved_head, starved_len, starved_cap;

@@ -62,13 +62,42 @@ uint64_t worker_op(struct worker *w, struct conn *c, enum conn_op op)
 	return conn_ud(op, c->gen, conn_index(&w->conns, c));
 }
 
-void worker_wake(struct worker *w)
+static void poke(struct worker *w)
 {
 	uint64_t one = 1;
-	atomic_store(&w->stop, 1);
 	if (write(w->wake_fd, &one, sizeof(one)) < 0) {
-		/* the counter cannot overflow from a handful of writes */
+		/* the counter cannot overflow: the worker reads it at every wake */
 	}
+}
+
+void worker_wake(struct worker *w)
+{
+	atomic_store(&w->stop, 1);
+	poke(w);
+}
+
+void worker_report(struct worker *w)
+{
+	atomic_store(&w->report, 1);
+	poke(w);
+}
+
+void worker_log_stats(struct worker *w)
+{
+	const struct worker_stats *s = &w->stats;
+	const struct relay_bufs *b = &w->bufs;
+
+	log_msg("stats",
+	        "worker=%d live=%u accepted=%llu refused=%llu accept_errors=%llu "
+	        "sessions_ok=%llu sessions_failed=%llu bind_refused=%llu bytes_up=%llu "
+	        "bytes_down=%llu chunks_kib=%zu chunks_peak_kib=%zu ring_waiting=%u "
+	        "pipes_lent=%u pipes=%u",
+	        w->id, w->conns.live, (unsigned long long)s->accepted,
+	        (unsigned long long)s->refused_limit, (unsigned long long)s->accept_errors,
+	        (unsigned long long)s->sessions_ok, (unsigned long long)s->sessions_failed,
+	        (unsigned long long)s->bind_refused, (unsigned long long)s->bytes_up,
+	        (unsigned long long)s->bytes_down, b->chunk_bytes >> 10, b->chunk_peak >> 10,
+	        b->queued, w->pipes.live - w->pipes.nfree, w->pipes.live);
 }
 
 /* ---- accept ---- */
@@ -223,6 +252,8 @@ void worker_conn_close(struct worker *w, struct conn *c, const char *why)
 		w->stats.sessions_ok++;
 	else
 		w->stats.sessions_failed++;
+	w->stats.bytes_up += c->dir[DIR_UP].bytes;
+	w->stats.bytes_down += c->dir[DIR_DOWN].bytes;
 	if (log_verbose)
 		log_session(w, c, why);
 	udp_release(w, c); /* an association's own sockets and waiting datagrams */
@@ -771,6 +802,8 @@ static void on_timeout(struct worker *w, struct conn *c)
 
 /* ---- the loop ---- */
 
+static void arm_wake(struct worker *w);
+
 static void handle_cqe(struct worker *w, struct io_uring_cqe *cqe)
 {
 	uint64_t ud = cqe->user_data;
@@ -782,6 +815,11 @@ static void handle_cqe(struct worker *w, struct io_uring_cqe *cqe)
 		on_accept(w, conn_ud_idx(ud), cqe->res, cqe->flags);
 		return;
 	case OP_WAKE:
+		if (atomic_load(&w->stop))
+			return;
+		arm_wake(w); /* a report: stay awake for the next */
+		if (atomic_exchange(&w->report, 0))
+			worker_log_stats(w);
 		return;
 	case OP_DNS_POLL:
 		dns_poll_event(w->dns, conn_ud_idx(ud), conn_ud_gen(ud), cqe->res);
@@ -1079,6 +1117,8 @@ void *worker_main(void *arg)
 			run_queued(w);
 	}
 	stop_all(w);
+	if (log_verbose)
+		worker_log_stats(w);
 	worker_teardown(w);
 	return NULL;
 }

@@ -23,6 +23,8 @@ struct worker_stats {
 	uint64_t sessions_ok;
 	uint64_t sessions_failed;
 	uint64_t bind_refused; /* BIND: connections from an address other than DST.ADDR */
+	uint64_t bytes_up;     /* relayed to destinations by the sessions that have ended */
+	uint64_t bytes_down;   /* relayed back to their clients */
 };
 
 struct worker {
@@ -40,6 +42,7 @@ struct worker {
 	int wake_fd;
 	uint64_t wake_buf;
 	atomic_int stop;
+	atomic_int report; /* SIGUSR1: log the counters (worker_report) */
 	struct conn_table conns;
 	struct pipe_pool pipes;
 	struct relay_bufs bufs;
@@ -67,6 +70,10 @@ void *worker_main(void *arg);
 
 /* Ask a worker to stop (from another thread). */
 void worker_wake(struct worker *w);
+/* Ask a worker to log its counters (from another thread). */
+void worker_report(struct worker *w);
+/* Log w's counters as one "stats" line (from its own thread). */
+void worker_log_stats(struct worker *w);
 
 /* An SQE from the worker's ring, submitting first when the SQ is full. Never NULL. */
 struct io_uring_sqe *worker_sqe(struct worker *w);

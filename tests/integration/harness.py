@@ -306,6 +306,29 @@ class Proxy:
                 return text[max(0, i - 200):i + 4000]
         return None
 
+    def stats(self, timeout=None):
+        """SIGUSR1: every worker logs its counters in a "stats" line. Returns them as a list of
+        dicts, one per worker, ordered by worker (values as ints)."""
+        timeout = 5.0 * SLOW if timeout is None else timeout
+        marker = " ringsocks stats: "
+        seen = sum(1 for x in self.stderr_lines() if marker in x)
+        self.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = [x for x in self.stderr_lines() if marker in x]
+            if len(lines) >= seen + self.workers:
+                break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{len(lines) - seen} of {self.workers} workers logged"
+                                     f" their counters within {timeout}s of SIGUSR1\n"
+                                     f"--- stderr (tail) ---\n{self.tail()}")
+            time.sleep(0.02)
+        out = []
+        for line in lines[seen:seen + self.workers]:
+            out.append({k: int(v) for k, v in
+                        (f.split("=", 1) for f in line.split(marker, 1)[1].split())})
+        return sorted(out, key=lambda d: d["worker"])
+
     def stop(self, sig=signal.SIGTERM, timeout=None, expect_code=0):
         """Send sig, wait for exit, assert exit code 0 (by default) and no sanitizer report."""
         timeout = STOP_TIMEOUT if timeout is None else timeout

@@ -248,6 +248,54 @@ class CliTest(unittest.TestCase):
             new = p.stderr_lines()[before:]
             self.assertLessEqual(len(new), 6, "more than a line or two per session:\n" + "\n".join(new))
 
+    def test_sigusr1_logs_each_workers_counters(self):
+        """SIGUSR1: every worker logs one "stats" line of counters, without -v too, and goes on
+        serving. Their sums match what the clients did: three relays through an echo server
+        (bytes each way as sent), one CONNECT refused. With -v the workers log the same line
+        as they exit."""
+        with h.EchoServer() as echo:
+            p = h.Proxy(verbose=False)
+            h.wait_for(lambda: sum(w["live"] for w in p.stats()) == 0, 5 * h.SLOW, interval=0.1,
+                       what="the start-up probe's connection to end")
+            base = {k: sum(w[k] for w in p.stats()) for k in ("accepted", "sessions_ok",
+                                                               "sessions_failed")}
+            sizes = [1, 1000, 300000]
+            for n in sizes:
+                s, r = h.socks_connect(p, "127.0.0.1", echo.port)
+                with s:
+                    data = os.urandom(n)
+                    s.sendall(data)
+                    s.shutdown(socket.SHUT_WR)
+                    self.assertEqual(h.read_to_close(s, timeout=5), (data, "eof"))
+            with h.open_client(p) as s:
+                self.assertEqual(h.handshake(s, "127.0.0.1", h.unused_port()).rep, 5)
+            sums = {}
+
+            def ended():
+                st = p.stats()
+                self.assertEqual([w["worker"] for w in st], [0, 1])
+                sums.clear()
+                sums.update({k: sum(w[k] for w in st) for k in st[0] if k != "worker"})
+                return sums["live"] == 0
+            h.wait_for(ended, 5 * h.SLOW, interval=0.1, what="no live connection in the stats")
+            want = {"accepted": base["accepted"] + 4, "refused": 0, "accept_errors": 0,
+                    "sessions_ok": base["sessions_ok"] + 3,
+                    "sessions_failed": base["sessions_failed"] + 1, "bytes_up": sum(sizes),
+                    "bytes_down": sum(sizes), "chunks_kib": 0, "pipes_lent": 0}
+            self.assertEqual({k: sums[k] for k in want}, want)
+            h.check_serving(p)
+            logged = sum(1 for x in p.stderr_lines() if " stats: " in x)
+            self.assertEqual(p.stop(), 0)
+            self.assertEqual(sum(1 for x in p.stderr_lines() if " stats: " in x), logged,
+                             "stats logged at exit without -v")
+        p = h.Proxy(verbose=True)
+        h.check_serving(p)
+        self.assertEqual(p.stop(), 0)
+        lines = p.stderr_lines()
+        stop = next(i for i, x in enumerate(lines) if "stopping" in x)
+        self.assertEqual(sorted(int(x.split("worker=")[1].split()[0]) for x in lines[stop:]
+                                if " stats: " in x), [0, 1])
+
     def test_max_conns(self):
         """--max-conns 4: a 5th client is closed at once (no bytes), and once one of the
         four goes away a new client is served again."""
