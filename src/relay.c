@@ -785,6 +785,8 @@ static void copy_recv_done(struct worker *w, struct conn *c, int d, int res, uns
 		struct relay_chunk *ch = rd->qtail;
 
 		b->held++;
+		if (more && (rd->flags & (DIR_PAUSED | DIR_SWITCHING)))
+			stop_reading(w, c, d); /* still delivering after its cancel: again */
 		if (ch && (uint32_t)res <= b->size - ch->len &&
 		    (ch->bid < 0 || (uint32_t)res <= RELAY_SMALL_READ)) {
 			/* onto the queue's last entry (a send in flight from it covers only the

@@ -861,6 +861,11 @@ static void handle_cqe(struct worker *w, struct io_uring_cqe *cqe)
 		/* a copy-relay recv may still deliver a buffer after the close: give it back */
 		if ((op == OP_POLLIN_C || op == OP_POLLIN_T) && (cqe->flags & IORING_CQE_F_BUFFER))
 			relay_drop_buffer(w, cqe->flags);
+		/* a multishot request that goes on after the close was cancelled (that cancel
+		 * has not run yet, or found it between two rounds): cancel it again, or it holds
+		 * the slot and its socket for as long as the peer sends */
+		if (cqe->flags & IORING_CQE_F_MORE)
+			worker_cancel_ops(w, c, CONN_OP_BIT(op));
 		conn_free_if_idle(w, c);
 		return;
 	}
