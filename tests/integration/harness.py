@@ -36,6 +36,7 @@ import collections
 import ctypes
 import faulthandler
 import functools
+import gc
 import hashlib
 import http.server
 import ipaddress
@@ -329,6 +330,24 @@ class Proxy:
                         (f.split("=", 1) for f in line.split(marker, 1)[1].split())})
         return sorted(out, key=lambda d: d["worker"])
 
+    def check_idle(self, timeout=None):
+        """Once every client of the test has closed: no connection slot is live, and no chunk,
+        pipe or ring buffer is held (SIGUSR1's counters). Sockets the test dropped without
+        closing are closed first (gc)."""
+        timeout = 10.0 * SLOW if timeout is None else timeout
+        gc.collect()
+        keys = ("live", "chunks_kib", "ring_waiting", "pipes_lent")
+        last = []
+
+        def idle():
+            last[:] = self.stats()
+            return all(w[k] == 0 for w in last for k in keys)
+        try:
+            wait_for(idle, timeout, interval=0.1, what="no live slot, chunk, pipe or buffer")
+        except AssertionError as e:
+            raise AssertionError(f"{e}: {[{k: w[k] for k in ('worker',) + keys} for w in last]}"
+                                 f"\n--- stderr (tail) ---\n{self.tail()}") from None
+
     def stop(self, sig=signal.SIGTERM, timeout=None, expect_code=0):
         """Send sig, wait for exit, assert exit code 0 (by default) and no sanitizer report."""
         timeout = STOP_TIMEOUT if timeout is None else timeout
@@ -396,6 +415,12 @@ class Proxy:
 
     def __exit__(self, *exc):
         if exc[0] is None:
+            if not PEER and self.running():
+                try:
+                    self.check_idle()
+                except BaseException:
+                    self.kill()
+                    raise
             self.stop()
         else:
             self.kill()
@@ -1102,9 +1127,12 @@ class ProxyTestCase(unittest.TestCase):
             if cls.proxy is not None:
                 try:
                     check_serving(cls.proxy)
+                    if not PEER:
+                        cls.proxy.check_idle()
                 except BaseException as e:
-                    raise AssertionError(f"the proxy no longer serves a plain CONNECT at the end"
-                                         f" of {cls.__name__}: {e!r}") from e
+                    raise AssertionError(f"the proxy no longer serves a plain CONNECT, or holds"
+                                         f" what its closed clients had, at the end of"
+                                         f" {cls.__name__}: {e}") from e
                 finally:
                     cls.proxy.stop()
         finally:
