@@ -55,7 +55,7 @@ static const char usage[] =
     "                              'system': the system's (net.ipv4.tcp_congestion_control)\n"
     "                              everywhere; default 'auto': the system's, except that\n"
     "                              sockets to this machine are not paced (cubic instead of\n"
-    "                              bbr, for a listener or destination on a loopback address)\n"
+    "                              bbr, for clients and destinations on a loopback address)\n"
     "  -v, --verbose               log one line per session\n"
     "                              (SIGUSR1: each worker logs a line of counters)\n"
     "  -h, --help                  show this help\n"

@@ -146,6 +146,22 @@ int worker_set_congestion(const struct config *cfg, int fd, const struct sockadd
 
 static void hs_recv(struct worker *w, struct conn *c);
 
+/* The default congestion control leaves loopback unpaced: a listener on a loopback address
+ * passes that on to what it accepts (open_listener), but on a wildcard address only the
+ * client's address tells, so each of its sockets is looked at (a getpeername, plus a
+ * setsockopt for a client on this machine). */
+static int unpaced_by_peer(const struct config *cfg, uint32_t li)
+{
+	const struct sockaddr_storage *ss = &cfg->listen[li];
+
+	if (cfg->congestion[0] || !cfg->loopback_cc[0])
+		return 0;
+	if (ss->ss_family == AF_INET)
+		return ((const struct sockaddr_in *)ss)->sin_addr.s_addr == htonl(INADDR_ANY);
+	return ss->ss_family == AF_INET6 &&
+	       IN6_IS_ADDR_UNSPECIFIED(&((const struct sockaddr_in6 *)ss)->sin6_addr);
+}
+
 static void on_accept(struct worker *w, uint32_t li, int res, unsigned flags)
 {
 	struct conn *c;
@@ -187,9 +203,11 @@ static void on_accept(struct worker *w, uint32_t li, int res, unsigned flags)
 	atomic_fetch_add(&worker_live, 1);
 	c->cfd = res;
 	c->start_ms = w->now_ms; /* TCP_NODELAY is inherited from the listener */
-	if (log_verbose) {
+	if (log_verbose || unpaced_by_peer(w->cfg, li)) {
 		socklen_t len = sizeof(c->peer);
-		getpeername(res, (struct sockaddr *)&c->peer, &len);
+		if (getpeername(res, (struct sockaddr *)&c->peer, &len) == 0 &&
+		    unpaced_by_peer(w->cfg, li))
+			worker_set_congestion(w->cfg, res, (struct sockaddr *)&c->peer);
 	}
 	c->listener = (uint8_t)li;
 	if (w->cfg->mode == MODE_TUNNEL) {

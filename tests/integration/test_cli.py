@@ -187,11 +187,12 @@ class CliTest(unittest.TestCase):
             self.skipTest(f"{alg} is not available here")
         self.check_congestion(["--congestion", alg], alg, system)
 
-    def check_congestion(self, args, expect, system):
-        """Through a proxy started with args, the kernel reports expect on the proxy's accepted
-        socket and on its outbound one, and the system's algorithm on the test's own socket."""
-        with h.EchoServer() as echo, h.Proxy(args) as p:
-            s, r = h.socks_connect(p, "127.0.0.1", echo.port)
+    def check_congestion(self, args, expect, system, listen="127.0.0.1", client="127.0.0.1"):
+        """Through a proxy started with args on listen, the kernel reports expect on the
+        proxy's socket accepted from client and on its outbound one, and the system's algorithm
+        on the test's own socket."""
+        with h.EchoServer() as echo, h.Proxy(args, host=listen) as p:
+            s, r = h.socks_connect((client, p.port), "127.0.0.1", echo.port)
             with s:
                 self.assertEqual(h.echo_roundtrip(s, b"cc"), b"cc")
                 me = s.getsockname()[1]
@@ -216,6 +217,10 @@ class CliTest(unittest.TestCase):
             want = "reno"
         self.check_congestion([], want, system)
         self.check_congestion(["--congestion", "system"], system, system)
+        # a wildcard listener: the client's address tells (both families)
+        self.check_congestion([], want, system, listen="0.0.0.0")
+        self.check_congestion([], want, system, listen="::", client="::1")
+        self.check_congestion(["--congestion", "system"], system, system, listen="0.0.0.0")
 
     def test_congestion_unknown_algorithm_stops_the_start(self):
         rc, _, err = run(["--congestion", "nosuchalg", "-l", f"127.0.0.1:{h.unused_port()}"])
