@@ -113,7 +113,7 @@ enum { DIR_UP = 0, DIR_DOWN = 1 };
 #define DIR_LARGE_READ 0x200  /* hybrid: the last read was large */
 #define DIR_SEND_DUE   0x400  /* copy: a send starts after this batch of completions */
 #define DIR_LISTED     0x800  /* copy: has an entry on the worker's starved ring */
-#define DIR_SLOW       0x1000 /* copy: paused once; reads a buffer at a time from then on */
+#define DIR_SLOW       0x1000 /* hybrid: paused once; reads a buffer at a time from then on */
 
 struct relay_chunk;
 

@@ -835,6 +835,11 @@ static void handle_cqe(struct worker *w, struct io_uring_cqe *cqe)
 	case OP_WAKE:
 		if (atomic_load(&w->stop))
 			return;
+		if (cqe->res < 0) {
+			/* the loop still sees a stop within MAX_WAIT_MS; reports are lost */
+			log_err("worker %d: eventfd read: %s", w->id, strerror(-cqe->res));
+			return;
+		}
 		arm_wake(w); /* a report: stay awake for the next */
 		if (atomic_exchange(&w->report, 0))
 			worker_log_stats(w);
