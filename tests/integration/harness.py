@@ -312,11 +312,14 @@ class Proxy:
         dicts, one per worker, ordered by worker (values as ints)."""
         timeout = 5.0 * SLOW if timeout is None else timeout
         marker = " ringsocks stats: "
-        seen = sum(1 for x in self.stderr_lines() if marker in x)
+
+        def complete():  # a line being written is left for the next look
+            return [x for x in self.stderr().split("\n")[:-1] if marker in x]
+        seen = len(complete())
         self.proc.send_signal(signal.SIGUSR1)
         deadline = time.monotonic() + timeout
         while True:
-            lines = [x for x in self.stderr_lines() if marker in x]
+            lines = complete()
             if len(lines) >= seen + self.workers:
                 break
             if time.monotonic() > deadline:
