@@ -350,6 +350,11 @@ class Proxy:
         except AssertionError as e:
             raise AssertionError(f"{e}: {[{k: w[k] for k in ('worker',) + keys} for w in last]}"
                                  f"\n--- stderr (tail) ---\n{self.tail()}") from None
+        for w in last:  # every accepted connection was refused at once or ended as a session
+            if w["accepted"] != w["refused"] + w["sessions_ok"] + w["sessions_failed"]:
+                raise AssertionError(f"worker {w['worker']}: accepted {w['accepted']}, refused"
+                                     f" {w['refused']}, sessions {w['sessions_ok']} ok +"
+                                     f" {w['sessions_failed']} failed: {w}")
 
     def stop(self, sig=signal.SIGTERM, timeout=None, expect_code=0):
         """Send sig, wait for exit, assert exit code 0 (by default) and no sanitizer report."""

@@ -306,8 +306,9 @@ class RelayTest(h.EchoProxyTestCase):
         half the buffer ring waits). Each direction reads up to 512 KiB ahead of its client;
         past --relay-memory a direction with bytes waiting stops reading: with 1 MiB, about
         1 MiB plus a chunk a direction. The worker's own count (SIGUSR1's chunks_peak_kib)
-        must stay within that bound for both budgets, and where no buffer ring shares the
-        process's memory (splice) its RSS must show the same. A multishot recv in --relay
+        must stay within that bound for both budgets (hybrid: plus its ring's 2 MiB, what
+        its multishot recvs read in the batch in which they pause), and where no buffer ring
+        shares the process's memory (splice) its RSS must show the same. A multishot recv in --relay
         copy held 5 MiB a direction here (130-180 MiB in all). Then the clients read: every
         byte arrives, in order."""
         # 8 MiB: more than the kernel's buffers on the way hold (the proxy's send buffer to its
@@ -363,8 +364,12 @@ class RelayTest(h.EchoProxyTestCase):
                     h.check_serving(p)
             what = f"--relay {mode[0]}: chunk peak {peak} KiB, RSS growth {grown} KiB"
             print(f"\n{what}", file=sys.stderr)
-            for mib in peak:  # the budget, then one chunk a direction at most
-                self.assertLessEqual(peak[mib], mib * 1024 + n * chunk_kib, what)
+            # the budget, then one chunk a direction at most; hybrid's multishot recvs also
+            # read on in the batch in which their direction pauses (once: it then reads a
+            # buffer at a time), which the free part of its 2 MiB ring bounds per batch
+            extra = 2048 if mode[0] == "hybrid" else 0
+            for mib in peak:
+                self.assertLessEqual(peak[mib], mib * 1024 + n * chunk_kib + extra, what)
             if mode[0] != "copy":  # copy: the ring's half holds most of what waits
                 self.assertGreater(peak[64], 1024 + n * chunk_kib, what)
             if mode[0] == "splice":  # no buffer ring: RSS shows the chunks alone
