@@ -308,9 +308,9 @@ class RelayTest(h.EchoProxyTestCase):
         1 MiB plus a chunk a direction. The worker's own count (SIGUSR1's chunks_peak_kib)
         must stay within that bound for both budgets (hybrid: plus its ring's 2 MiB, what
         its multishot recvs read in the batch in which they pause), and where no buffer ring
-        shares the process's memory (splice) its RSS must show the same. A multishot recv in --relay
-        copy held 5 MiB a direction here (130-180 MiB in all). Then the clients read: every
-        byte arrives, in order."""
+        shares the process's memory (splice) its RSS must show the same. A multishot recv in
+        --relay copy held 5 MiB a direction here (130-180 MiB in all). Then the clients read:
+        every byte arrives, in order."""
         # 8 MiB: more than the kernel's buffers on the way hold (the proxy's send buffer to its
         # client grows to 4 MiB on loopback), so what is left waits in the proxy or behind it;
         # copy sends 256 KiB at a time and fills those buffers further
