@@ -381,9 +381,14 @@ static struct relay_chunk *chunk_get(struct worker *w)
 /* Past --relay-memory, a direction with bytes waiting reads no more until they are out (the
  * pause that RELAY_PAUSE_BYTES makes, sooner): so the chunks of directions whose destinations
  * do not read stay near the budget, one chunk each past it, not RELAY_PAUSE_BYTES each. */
+static int past_budget(const struct worker *w)
+{
+	return w->bufs.chunk_bytes >= w->bufs.chunk_budget;
+}
+
 static int over_budget(const struct worker *w, const struct relay_dir *rd)
 {
-	return rd->qhead && w->bufs.chunk_bytes >= w->bufs.chunk_budget;
+	return rd->qhead && past_budget(w);
 }
 
 /* Done with a queue entry: a ring buffer goes back to the ring, a chunk to the spares. */
@@ -677,8 +682,7 @@ static void copy_arm_recv(struct worker *w, struct conn *c, int d)
 	struct io_uring_sqe *sqe = worker_sqe(w);
 
 	c->dir[d].flags &= (uint16_t) ~(DIR_PAUSED | DIR_STARVED);
-	if (w->cfg->relay_mode == RELAY_COPY || (c->dir[d].flags & DIR_SLOW) ||
-	    w->bufs.chunk_bytes >= w->bufs.chunk_budget)
+	if (w->cfg->relay_mode == RELAY_COPY || (c->dir[d].flags & DIR_SLOW) || past_budget(w))
 		io_uring_prep_recv(sqe, src_fd(c, d), NULL, 0, 0);
 	else
 		io_uring_prep_recv_multishot(sqe, src_fd(c, d), NULL, 0, 0);

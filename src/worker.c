@@ -82,7 +82,8 @@ void worker_report(struct worker *w)
 	poke(w);
 }
 
-void worker_log_stats(struct worker *w)
+/* w's counters as one "stats" line (from its own thread). */
+static void log_stats(struct worker *w)
 {
 	const struct worker_stats *s = &w->stats;
 	const struct relay_bufs *b = &w->bufs;
@@ -165,6 +166,7 @@ static int unpaced_by_peer(const struct config *cfg, uint32_t li)
 static void on_accept(struct worker *w, uint32_t li, int res, unsigned flags)
 {
 	struct conn *c;
+	int unpaced;
 
 	if (!(flags & IORING_CQE_F_MORE))
 		w->accept_armed &= ~(1u << li);
@@ -203,10 +205,10 @@ static void on_accept(struct worker *w, uint32_t li, int res, unsigned flags)
 	atomic_fetch_add(&worker_live, 1);
 	c->cfd = res;
 	c->start_ms = w->now_ms; /* TCP_NODELAY is inherited from the listener */
-	if (log_verbose || unpaced_by_peer(w->cfg, li)) {
+	unpaced = unpaced_by_peer(w->cfg, li);
+	if (log_verbose || unpaced) {
 		socklen_t len = sizeof(c->peer);
-		if (getpeername(res, (struct sockaddr *)&c->peer, &len) == 0 &&
-		    unpaced_by_peer(w->cfg, li))
+		if (getpeername(res, (struct sockaddr *)&c->peer, &len) == 0 && unpaced)
 			worker_set_congestion(w->cfg, res, (struct sockaddr *)&c->peer);
 	}
 	c->listener = (uint8_t)li;
@@ -842,7 +844,7 @@ static void handle_cqe(struct worker *w, struct io_uring_cqe *cqe)
 		}
 		arm_wake(w); /* a report: stay awake for the next */
 		if (atomic_exchange(&w->report, 0))
-			worker_log_stats(w);
+			log_stats(w);
 		return;
 	case OP_DNS_POLL:
 		dns_poll_event(w->dns, conn_ud_idx(ud), conn_ud_gen(ud), cqe->res);
@@ -1146,7 +1148,7 @@ void *worker_main(void *arg)
 	}
 	stop_all(w);
 	if (log_verbose)
-		worker_log_stats(w);
+		log_stats(w);
 	worker_teardown(w);
 	return NULL;
 }

@@ -72,8 +72,6 @@ void *worker_main(void *arg);
 void worker_wake(struct worker *w);
 /* Ask a worker to log its counters (from another thread). */
 void worker_report(struct worker *w);
-/* Log w's counters as one "stats" line (from its own thread). */
-void worker_log_stats(struct worker *w);
 
 /* An SQE from the worker's ring, submitting first when the SQ is full. Never NULL. */
 struct io_uring_sqe *worker_sqe(struct worker *w);
