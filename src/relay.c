@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -106,6 +107,57 @@ void pipe_pool_put(struct pipe_pool *p, int idx, int empty)
 
 /* ---- the provided-buffer ring of the copy path ---- */
 
+static int mshot_cap_ok;
+static pthread_once_t mshot_cap_once = PTHREAD_ONCE_INIT;
+
+/* Whether the kernel ends a multishot recv once it has received a given number of bytes
+ * (sqe->optlen, Linux 6.16; older kernels fail the request with -EINVAL). Asked once, on a
+ * ring, buffer ring and socket pair of its own: 2 bytes wait, the cap is 1, so a kernel that
+ * knows the cap completes the recv with 2 bytes and without IORING_CQE_F_MORE. */
+static void probe_mshot_cap(void)
+{
+	struct io_uring ring;
+	struct io_uring_buf_reg reg;
+	struct io_uring_buf_ring *br;
+	struct io_uring_sqe *sqe;
+	struct io_uring_cqe *cqe;
+	uint8_t *mem;
+	int sv[2];
+
+	if (io_uring_queue_init(4, &ring, 0) < 0)
+		return;
+	br = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+	if (br == MAP_FAILED)
+		goto out;
+	mem = (uint8_t *)br + 2048; /* the one buffer shares the page with the ring's entries */
+	io_uring_buf_ring_init(br);
+	memset(&reg, 0, sizeof(reg));
+	reg.ring_addr = (uint64_t)(uintptr_t)br;
+	reg.ring_entries = 1;
+	reg.bgid = RELAY_BGID;
+	if (io_uring_register_buf_ring(&ring, &reg, 0) < 0)
+		goto out;
+	io_uring_buf_ring_add(br, mem, 64, 0, io_uring_buf_ring_mask(1), 0);
+	io_uring_buf_ring_advance(br, 1);
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+		goto out;
+	if (write(sv[1], "rs", 2) == 2) {
+		sqe = io_uring_get_sqe(&ring);
+		io_uring_prep_recv_multishot(sqe, sv[0], NULL, 0, 0);
+		sqe->flags |= IOSQE_BUFFER_SELECT;
+		sqe->buf_group = RELAY_BGID;
+		sqe->file_index = 1; /* the union's optlen */
+		if (io_uring_submit_and_wait(&ring, 1) == 1 && io_uring_peek_cqe(&ring, &cqe) == 0)
+			mshot_cap_ok = cqe->res == 2 && !(cqe->flags & IORING_CQE_F_MORE);
+	}
+	close(sv[0]);
+	close(sv[1]);
+out:
+	io_uring_queue_exit(&ring); /* before the buffer ring's memory goes */
+	if (br != MAP_FAILED)
+		munmap(br, 4096);
+}
+
 int relay_init(struct worker *w, uint32_t slots)
 {
 	struct relay_bufs *b = &w->bufs;
@@ -161,6 +213,13 @@ int relay_init(struct worker *w, uint32_t slots)
 		io_uring_buf_ring_add(b->br, b->mem + (size_t)i * b->size, b->size, (uint16_t)i,
 		                      (int)b->mask, (int)i);
 	io_uring_buf_ring_advance(b->br, (int)b->count);
+	if (w->cfg->relay_mode == RELAY_HYBRID) {
+		pthread_once(&mshot_cap_once, probe_mshot_cap);
+		b->mshot_cap = mshot_cap_ok ? b->size : 0;
+		log_info("worker %d: multishot recv %s", w->id,
+		         mshot_cap_ok ? "ends after a buffer's worth (Linux 6.16+)"
+		                      : "has no byte cap on this kernel (needs 6.16)");
+	}
 	return 0;
 }
 
@@ -676,7 +735,12 @@ static void sqe_out_done(struct worker *w, struct conn *c, int d, int res)
  * 130-180 MiB, past --relay-memory and RELAY_PAUSE_BYTES). So --relay copy reads a buffer at
  * a time, and decides after each read whether to read on; hybrid keeps the multishot recv
  * for its small messages (its 64 KiB buffers end in splice when bulk), and reads a buffer at
- * a time once a direction has paused (DIR_SLOW) or the worker is past --relay-memory. */
+ * a time once a direction has paused (DIR_SLOW) or the worker is past --relay-memory. Where
+ * the kernel can (6.16+), hybrid's multishot recv also ends itself once it has read a
+ * buffer's worth (mshot_cap): what it reads past a pause or a switch to splice is then less
+ * than two buffers a direction, where without the cap it is up to the ring's free buffers
+ * for each direction that decides in its own batch of completions. A small-message
+ * direction re-arms once per 64 KiB it reads. */
 static void copy_arm_recv(struct worker *w, struct conn *c, int d)
 {
 	struct io_uring_sqe *sqe = worker_sqe(w);
@@ -684,8 +748,10 @@ static void copy_arm_recv(struct worker *w, struct conn *c, int d)
 	c->dir[d].flags &= (uint16_t) ~(DIR_PAUSED | DIR_STARVED);
 	if (w->cfg->relay_mode == RELAY_COPY || (c->dir[d].flags & DIR_SLOW) || past_budget(w))
 		io_uring_prep_recv(sqe, src_fd(c, d), NULL, 0, 0);
-	else
+	else {
 		io_uring_prep_recv_multishot(sqe, src_fd(c, d), NULL, 0, 0);
+		sqe->file_index = w->bufs.mshot_cap; /* the union's optlen */
+	}
 	sqe->flags |= IOSQE_BUFFER_SELECT;
 	sqe->buf_group = RELAY_BGID;
 	sqe->user_data = worker_op(w, c, in_op(d));

@@ -77,6 +77,7 @@ struct relay_bufs {
 	size_t chunk_bytes;     /* capacity of the chunks in directions' queues */
 	size_t chunk_peak;      /* the most chunk_bytes has been */
 	size_t chunk_budget;    /* --relay-memory: past it a direction with bytes waiting pauses */
+	uint32_t mshot_cap;     /* hybrid: bytes after which a multishot recv ends (0: no cap) */
 	uint64_t *starved;      /* directions waiting for a buffer (user_data form), a ring */
 	uint32_t starved_head, starved_len, starved_cap;
 };

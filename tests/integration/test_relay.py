@@ -306,8 +306,8 @@ class RelayTest(h.EchoProxyTestCase):
         half the buffer ring waits). Each direction reads up to 512 KiB ahead of its client;
         past --relay-memory a direction with bytes waiting stops reading: with 1 MiB, about
         1 MiB plus a chunk a direction. The worker's own count (SIGUSR1's chunks_peak_kib)
-        must stay within that bound for both budgets (hybrid: plus its ring's 2 MiB, what
-        its multishot recvs read in the batch in which they pause), and where no buffer ring
+        must stay within that bound for both budgets (hybrid: plus a chunk a direction, what
+        its multishot recv reads past the read that pauses it), and where no buffer ring
         shares the process's memory (splice) its RSS must show the same. A multishot recv in
         --relay copy held 5 MiB a direction here (130-180 MiB in all). Then the clients read:
         every byte arrives, in order."""
@@ -353,6 +353,7 @@ class RelayTest(h.EchoProxyTestCase):
                     grown[mib] = settled_rss(p.pid) - base
                     st = p.stats()[0]
                     peak[mib] = st["chunks_peak_kib"]
+                    capped = "ends after a buffer's worth" in p.stderr()
                     for i, s in enumerate(clients):
                         got = h.drain_hash(s)
                         self.assertEqual(got, (len(blob), want), f"{args}: client {i}")
@@ -364,10 +365,19 @@ class RelayTest(h.EchoProxyTestCase):
                     h.check_serving(p)
             what = f"--relay {mode[0]}: chunk peak {peak} KiB, RSS growth {grown} KiB"
             print(f"\n{what}", file=sys.stderr)
-            # the budget, then one chunk a direction at most; hybrid's multishot recvs also
-            # read on in the batch in which their direction pauses (once: it then reads a
-            # buffer at a time), which the free part of its 2 MiB ring bounds per batch
-            extra = 2048 if mode[0] == "hybrid" else 0
+            # the budget, then one chunk a direction at most; hybrid's multishot recv also
+            # reads on past the read that pauses its direction or switches it to splice
+            # (once: it then reads a buffer at a time), less than two buffers in all where the
+            # kernel ends it after a buffer's worth (6.16+), so one more chunk a direction.
+            # Without that cap it reads into every free buffer of the ring in the batch in
+            # which its direction decides, for each direction: no bound to assert.
+            extra = 0
+            if mode[0] == "hybrid":
+                if not capped:
+                    print("  (no multishot byte cap on this kernel: hybrid's bound not "
+                          "checked)", file=sys.stderr)
+                    continue
+                extra = n * chunk_kib
             for mib in peak:
                 self.assertLessEqual(peak[mib], mib * 1024 + n * chunk_kib + extra, what)
             if mode[0] != "copy":  # copy: the ring's half holds most of what waits
