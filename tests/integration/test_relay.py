@@ -390,6 +390,43 @@ class RelayTest(h.EchoProxyTestCase):
                 self.assertGreater(grown[64], 10 * 1024, what)
                 self.assertLess(grown[1], 6 * 1024, what)
 
+    @unittest.skipIf(h.PEER or any(a in ("splice", "splice-sqe", "copy") for a in h.EXTRA_ARGS),
+                     "the hybrid relay's switch to splice (the default)")
+    def test_switch_to_splice_reads_no_further(self):
+        """32 clients that do not read while their destinations send 8 MiB each, default
+        settings (pipes to splice through): every direction's first reads fill their buffers,
+        so each switches to splice. Its multishot recv ends itself after a buffer's worth (Linux
+        6.16+), so it reads at most one more buffer past that decision: at most a chunk a
+        direction is held, and every direction ends up splicing through a pipe of its own. An
+        uncapped multishot recv read on into every free buffer of the ring in the batch in
+        which its direction switched: 6.9-11.5 MiB of chunks here. Then every byte arrives."""
+        n = 32
+        blob = os.urandom(8 * MiB)
+        want = h.sha256(blob)
+
+        def flood(c, addr):
+            try:
+                c.sendall(blob)
+            except OSError:
+                pass
+
+        with h.Proxy([], workers=1) as p, h.ThreadedServer(flood) as srv:
+            if "ends after a buffer's worth" not in p.stderr():
+                self.skipTest(f"no multishot byte cap on kernel {os.uname().release}")
+            clients = [h.socks_connect(p, "127.0.0.1", srv.port)[0] for _ in range(n)]
+            deadline = time.monotonic() + 10 * h.SLOW
+            while time.monotonic() < deadline:  # until every direction down splices
+                st = p.stats()[0]
+                if st["pipes_lent"] >= n:
+                    break
+                time.sleep(0.1)
+            self.assertGreaterEqual(st["pipes_lent"], n, st)
+            self.assertLessEqual(st["chunks_peak_kib"], n * 64, st)
+            for i, s in enumerate(clients):
+                self.assertEqual(h.drain_hash(s), (len(blob), want), f"client {i}")
+                s.close()
+            srv.wait_done(n, timeout=10 * h.SLOW)
+
     def test_destination_closes_at_once(self):
         with h.ThreadedServer(lambda c, a: None) as srv:
             s, r = h.socks_connect(self.proxy, "127.0.0.1", srv.port)
