@@ -166,6 +166,7 @@ static int unpaced_by_peer(const struct config *cfg, uint32_t li)
 static void on_accept(struct worker *w, uint32_t li, int res, unsigned flags)
 {
 	struct conn *c;
+	long live;
 	int unpaced;
 
 	if (!(flags & IORING_CQE_F_MORE))
@@ -191,18 +192,22 @@ static void on_accept(struct worker *w, uint32_t li, int res, unsigned flags)
 		close(res);
 		return;
 	}
-	if (w->cfg->max_conns && atomic_load(&worker_live) >= w->cfg->max_conns) {
+	/* the slot is taken first and then checked: workers accepting at the same moment would
+	 * otherwise all see room for one more and together pass --max-conns */
+	live = atomic_fetch_add(&worker_live, 1);
+	if (w->cfg->max_conns && live >= w->cfg->max_conns) {
+		atomic_fetch_sub(&worker_live, 1);
 		w->stats.refused_limit++;
 		close(res);
 		return;
 	}
 	c = conn_alloc(&w->conns);
 	if (!c) {
+		atomic_fetch_sub(&worker_live, 1);
 		w->stats.refused_limit++;
 		close(res);
 		return;
 	}
-	atomic_fetch_add(&worker_live, 1);
 	c->cfd = res;
 	c->start_ms = w->now_ms; /* TCP_NODELAY is inherited from the listener */
 	unpaced = unpaced_by_peer(w->cfg, li);

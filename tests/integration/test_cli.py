@@ -307,7 +307,9 @@ class CliTest(unittest.TestCase):
         with h.EchoServer() as echo, h.Proxy(["--max-conns", "4"]) as p:
             held = [h.socks_connect(p, "127.0.0.1", echo.port)[0] for _ in range(2)]
             held += [h.open_client(p) for _ in range(2)]  # still in the handshake: they count
-            time.sleep(0.2)
+            # all four accepted (the workers' own count), whichever worker's queue holds them
+            h.wait_for(lambda: sum(w["live"] for w in p.stats()) == 4, 10 * h.SLOW,
+                       interval=0.05, what="4 live connections")
             try:
                 with h.open_client(p) as s:
                     t0 = time.monotonic()

@@ -4,6 +4,7 @@ a storm of failed handshakes leaves no descriptor or slot behind."""
 import os
 import socket
 import sys
+import threading
 import time
 import unittest
 
@@ -44,6 +45,52 @@ class MaxConnsTest(h.EchoProxyTestCase):
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
+
+
+class MaxConnsBurstTest(unittest.TestCase):
+    def test_a_burst_is_served_up_to_the_limit_and_no_further(self):
+        """--max-conns 8 with two workers, 64 clients connecting at once, each sending its
+        greeting and then holding on: exactly 8 get the method reply, the others are closed
+        at once with no bytes. Both workers accept at the same moment here, so a limit that
+        each checks before taking the slot lets one too many through."""
+        n, limit = 64, 8
+        for rnd in range(5):
+            with h.Proxy(["--max-conns", limit], workers=2) as p:
+                socks = [None] * n
+                go = threading.Barrier(n)
+
+                def connect(i):
+                    go.wait()
+                    try:
+                        s = socket.create_connection(p.addr, timeout=5 * h.SLOW)
+                        s.sendall(h.greeting())
+                        socks[i] = s
+                    except OSError:
+                        pass  # refused at once: fine
+
+                threads = [threading.Thread(target=connect, args=(i,)) for i in range(n)]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+                served = 0
+                try:
+                    for s in socks:
+                        if s is None:
+                            continue
+                        s.settimeout(5 * h.SLOW)  # a reply or a close comes at once
+                        try:
+                            data = s.recv(16)
+                        except (ConnectionResetError, BrokenPipeError):
+                            data = b""
+                        if data:
+                            self.assertEqual(data, b"\x05\x00")
+                            served += 1
+                finally:
+                    for s in socks:
+                        if s is not None:
+                            s.close()
+                self.assertEqual(served, limit, f"round {rnd}: {served} of {n} served")
 
 
 class NoLeakTest(h.ProxyTestCase):
