@@ -937,12 +937,13 @@ static struct conn *session_new(struct worker *w, uint32_t i, const struct socka
 	struct conn *c;
 	uint32_t *head;
 
-	if (w->cfg->max_conns && atomic_load(&worker_live) >= w->cfg->max_conns)
+	if (worker_take_live(w) < 0)
 		return NULL;
 	c = conn_alloc(&w->conns);
-	if (!c)
+	if (!c) {
+		atomic_fetch_sub(&worker_live, 1);
 		return NULL;
-	atomic_fetch_add(&worker_live, 1);
+	}
 	c->start_ms = w->now_ms;
 	c->listener = (uint8_t)i;
 	c->via = VIA_TUNNEL;

@@ -163,10 +163,22 @@ static int unpaced_by_peer(const struct config *cfg, uint32_t li)
 	       IN6_IS_ADDR_UNSPECIFIED(&((const struct sockaddr_in6 *)ss)->sin6_addr);
 }
 
+int worker_take_live(const struct worker *w)
+{
+	/* taken first and then checked: workers taking one at the same moment would otherwise
+	 * all see room for one more and together pass --max-conns */
+	long live = atomic_fetch_add(&worker_live, 1);
+
+	if (w->cfg->max_conns && live >= w->cfg->max_conns) {
+		atomic_fetch_sub(&worker_live, 1);
+		return -1;
+	}
+	return 0;
+}
+
 static void on_accept(struct worker *w, uint32_t li, int res, unsigned flags)
 {
 	struct conn *c;
-	long live;
 	int unpaced;
 
 	if (!(flags & IORING_CQE_F_MORE))
@@ -192,11 +204,7 @@ static void on_accept(struct worker *w, uint32_t li, int res, unsigned flags)
 		close(res);
 		return;
 	}
-	/* the slot is taken first and then checked: workers accepting at the same moment would
-	 * otherwise all see room for one more and together pass --max-conns */
-	live = atomic_fetch_add(&worker_live, 1);
-	if (w->cfg->max_conns && live >= w->cfg->max_conns) {
-		atomic_fetch_sub(&worker_live, 1);
+	if (worker_take_live(w) < 0) {
 		w->stats.refused_limit++;
 		close(res);
 		return;

@@ -64,6 +64,8 @@ struct worker {
 
 /* Process-wide count of live client connections (for --max-conns). */
 extern atomic_long worker_live;
+/* Count one more live connection: 0, or -1 (nothing counted) when --max-conns are live. */
+int worker_take_live(const struct worker *w);
 
 /* Set up w (listeners already open in w->listen_fd) and run its loop until w->stop. */
 void *worker_main(void *arg);
