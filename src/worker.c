@@ -166,7 +166,8 @@ static int unpaced_by_peer(const struct config *cfg, uint32_t li)
 int worker_take_live(const struct worker *w)
 {
 	/* taken first and then checked: workers taking one at the same moment would otherwise
-	 * all see room for one more and together pass --max-conns */
+	 * all see room for one more and together pass --max-conns (the price: right at the
+	 * limit, a refusal's brief count can refuse a client while a close frees a slot) */
 	long live = atomic_fetch_add(&worker_live, 1);
 
 	if (w->cfg->max_conns && live >= w->cfg->max_conns) {
