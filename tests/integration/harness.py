@@ -333,6 +333,14 @@ class Proxy:
                         (f.split("=", 1) for f in line.split(marker, 1)[1].split())})
         return sorted(out, key=lambda d: d["worker"])
 
+    def wait_live(self, n, timeout=None):
+        """Wait until the workers count n live connections (SIGUSR1). The start-up probe's
+        connection counts until a worker has seen it close: a test of --max-conns waits for
+        0 before it opens its own."""
+        timeout = 10.0 * SLOW if timeout is None else timeout
+        wait_for(lambda: sum(w["live"] for w in self.stats()) == n, timeout, interval=0.05,
+                 what=f"{n} live connections")
+
     def check_idle(self, timeout=None):
         """Once every client of the test has closed: no connection slot is live, and no chunk,
         pipe or ring buffer is held (SIGUSR1's counters). Sockets the test dropped without

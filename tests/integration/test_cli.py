@@ -305,11 +305,10 @@ class CliTest(unittest.TestCase):
         """--max-conns 4: a 5th client is closed at once (no bytes), and once one of the
         four goes away a new client is served again."""
         with h.EchoServer() as echo, h.Proxy(["--max-conns", "4"]) as p:
+            p.wait_live(0)  # the start-up probe's connection is gone
             held = [h.socks_connect(p, "127.0.0.1", echo.port)[0] for _ in range(2)]
             held += [h.open_client(p) for _ in range(2)]  # still in the handshake: they count
-            # all four accepted (the workers' own count), whichever worker's queue holds them
-            h.wait_for(lambda: sum(w["live"] for w in p.stats()) == 4, 10 * h.SLOW,
-                       interval=0.05, what="4 live connections")
+            p.wait_live(4)  # all four accepted, whichever worker's queue holds them
             try:
                 with h.open_client(p) as s:
                     t0 = time.monotonic()

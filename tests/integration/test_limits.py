@@ -12,10 +12,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
 
 
+@h.ringsocks_only
 class MaxConnsTest(h.EchoProxyTestCase):
     proxy_args = ("--max-conns", "5")
 
     def test_sixth_client_is_closed_and_live_ones_are_unaffected(self):
+        self.proxy.wait_live(0)  # the start-up probe's connection is gone
         live = [h.socks_connect(self.proxy, "127.0.0.1", self.echo.port)[0] for _ in range(5)]
         try:
             extra = socket.create_connection(self.proxy.addr, timeout=5 * h.SLOW)
@@ -47,6 +49,7 @@ class MaxConnsTest(h.EchoProxyTestCase):
                 time.sleep(0.05)
 
 
+@h.ringsocks_only
 class MaxConnsBurstTest(unittest.TestCase):
     def test_a_burst_is_served_up_to_the_limit_and_no_further(self):
         """--max-conns 8 with two workers, 64 clients connecting at once, each sending its
@@ -56,6 +59,7 @@ class MaxConnsBurstTest(unittest.TestCase):
         n, limit = 64, 8
         for rnd in range(5):
             with h.Proxy(["--max-conns", limit], workers=2) as p:
+                p.wait_live(0)  # the start-up probe's connection is gone
                 socks = [None] * n
                 go = threading.Barrier(n)
 
