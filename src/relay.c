@@ -107,6 +107,20 @@ void pipe_pool_put(struct pipe_pool *p, int idx, int empty)
 
 /* ---- the provided-buffer ring of the copy path ---- */
 
+/* Empty the mapped ring br of entries buffers and register it as group RELAY_BGID of ring
+ * (liburing 2.3 has no io_uring_setup_buf_ring). Returns 0 or -errno. */
+static int register_buf_ring(struct io_uring *ring, struct io_uring_buf_ring *br, uint32_t entries)
+{
+	struct io_uring_buf_reg reg;
+
+	io_uring_buf_ring_init(br);
+	memset(&reg, 0, sizeof(reg));
+	reg.ring_addr = (uint64_t)(uintptr_t)br;
+	reg.ring_entries = entries;
+	reg.bgid = RELAY_BGID;
+	return io_uring_register_buf_ring(ring, &reg, 0);
+}
+
 static int mshot_cap_ok;
 static pthread_once_t mshot_cap_once = PTHREAD_ONCE_INIT;
 
@@ -118,7 +132,6 @@ static pthread_once_t mshot_cap_once = PTHREAD_ONCE_INIT;
 static void probe_mshot_cap(void)
 {
 	struct io_uring ring;
-	struct io_uring_buf_reg reg;
 	struct io_uring_buf_ring *br;
 	struct io_uring_sqe *sqe;
 	struct io_uring_cqe *cqe;
@@ -131,12 +144,7 @@ static void probe_mshot_cap(void)
 	if (br == MAP_FAILED)
 		goto out;
 	mem = (uint8_t *)br + 2048; /* the one buffer shares the page with the ring's entries */
-	io_uring_buf_ring_init(br);
-	memset(&reg, 0, sizeof(reg));
-	reg.ring_addr = (uint64_t)(uintptr_t)br;
-	reg.ring_entries = 1;
-	reg.bgid = RELAY_BGID;
-	if (io_uring_register_buf_ring(&ring, &reg, 0) < 0)
+	if (register_buf_ring(&ring, br, 1) < 0)
 		goto out;
 	io_uring_buf_ring_add(br, mem, 64, 0, io_uring_buf_ring_mask(1), 0);
 	io_uring_buf_ring_advance(br, 1);
@@ -162,7 +170,6 @@ out:
 int relay_init(struct worker *w, uint32_t slots)
 {
 	struct relay_bufs *b = &w->bufs;
-	struct io_uring_buf_reg reg;
 	size_t ring_bytes;
 	int ret;
 
@@ -178,7 +185,7 @@ int relay_init(struct worker *w, uint32_t slots)
 	b->size = w->cfg->relay_mode == RELAY_HYBRID ? RELAY_HYBRID_BUF_SIZE : RELAY_BUF_SIZE;
 	b->mask = (uint32_t)io_uring_buf_ring_mask(b->count);
 	ring_bytes = sizeof(struct io_uring_buf) * b->count;
-	/* liburing 2.3 has no io_uring_setup_buf_ring: map and register the ring ourselves */
+	/* mapped here and registered by register_buf_ring */
 	b->br = mmap(NULL, ring_bytes, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
 	if (b->br == MAP_FAILED) {
 		b->br = NULL;
@@ -199,12 +206,7 @@ int relay_init(struct worker *w, uint32_t slots)
 		b->nodes[i].data = b->mem + (size_t)i * b->size;
 		b->nodes[i].bid = (int32_t)i;
 	}
-	io_uring_buf_ring_init(b->br);
-	memset(&reg, 0, sizeof(reg));
-	reg.ring_addr = (uint64_t)(uintptr_t)b->br;
-	reg.ring_entries = b->count;
-	reg.bgid = RELAY_BGID;
-	ret = io_uring_register_buf_ring(&w->ring, &reg, 0);
+	ret = register_buf_ring(&w->ring, b->br, b->count);
 	if (ret < 0) {
 		log_err("--relay %s needs provided-buffer rings (kernel 5.19+): %s",
 		        w->cfg->relay_mode == RELAY_COPY ? "copy" : "hybrid", strerror(-ret));

@@ -941,7 +941,7 @@ static struct conn *session_new(struct worker *w, uint32_t i, const struct socka
 		return NULL;
 	c = conn_alloc(&w->conns);
 	if (!c) {
-		atomic_fetch_sub(&worker_live, 1);
+		worker_put_live();
 		return NULL;
 	}
 	c->start_ms = w->now_ms;

@@ -177,6 +177,11 @@ int worker_take_live(const struct worker *w)
 	return 0;
 }
 
+void worker_put_live(void)
+{
+	atomic_fetch_sub(&worker_live, 1);
+}
+
 static void on_accept(struct worker *w, uint32_t li, int res, unsigned flags)
 {
 	struct conn *c;
@@ -212,7 +217,7 @@ static void on_accept(struct worker *w, uint32_t li, int res, unsigned flags)
 	}
 	c = conn_alloc(&w->conns);
 	if (!c) {
-		atomic_fetch_sub(&worker_live, 1);
+		worker_put_live();
 		w->stats.refused_limit++;
 		close(res);
 		return;
@@ -301,7 +306,7 @@ void worker_conn_close(struct worker *w, struct conn *c, const char *why)
 	}
 	conn_timer_clear(&w->conns, c);
 	c->state = CONN_CLOSING;
-	atomic_fetch_sub(&worker_live, 1);
+	worker_put_live();
 	/* closing a socket does not end requests that hold it: cancel each one */
 	worker_cancel_ops(w, c, c->pending);
 	conn_free_if_idle(w, c);

@@ -66,6 +66,8 @@ struct worker {
 extern atomic_long worker_live;
 /* Count one more live connection: 0, or -1 (nothing counted) when --max-conns are live. */
 int worker_take_live(const struct worker *w);
+/* One live connection fewer (it closed, or was not set up after all). */
+void worker_put_live(void);
 
 /* Set up w (listeners already open in w->listen_fd) and run its loop until w->stop. */
 void *worker_main(void *arg);
