@@ -68,6 +68,54 @@ static const char *addr_text(const struct sockaddr_storage *ss, char *buf, size_
 	return buf;
 }
 
+static uint16_t *port_of(struct sockaddr_storage *ss)
+{
+	if (ss->ss_family == AF_INET)
+		return &((struct sockaddr_in *)ss)->sin_port;
+	return &((struct sockaddr_in6 *)ss)->sin6_port;
+}
+
+/* Port 0 asks the kernel for a port: every worker's socket must then share the one the first
+ * got, or each would listen on a port of its own and the log would say 0. */
+static int take_bound_port(struct sockaddr_storage *want, int fd)
+{
+	struct sockaddr_storage got;
+	socklen_t len = sizeof(got);
+
+	if (getsockname(fd, (struct sockaddr *)&got, &len) < 0)
+		return -errno;
+	*port_of(want) = *port_of(&got);
+	return 0;
+}
+
+/* tunnel -U on port 0: the workers bind their UDP sockets themselves, in their own threads, so
+ * the port is taken here first by a socket of the same SO_REUSEPORT group, kept until they
+ * have bound theirs. Returns the socket, -1 for a fixed port, or -errno. */
+static int reserve_udp_port(struct sockaddr_storage *ss, socklen_t len)
+{
+	int one = 1, fd, err;
+
+	if (*port_of(ss) != 0)
+		return -1;
+	fd = socket(ss->ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0 ||
+	    (ss->ss_family == AF_INET6 &&
+	     setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) < 0) ||
+	    bind(fd, (const struct sockaddr *)ss, len) < 0) {
+		err = -errno;
+		close(fd);
+		return err;
+	}
+	err = take_bound_port(ss, fd);
+	if (err < 0) {
+		close(fd);
+		return err;
+	}
+	return fd;
+}
+
 static void raise_nofile(void)
 {
 	struct rlimit rl;
@@ -155,7 +203,10 @@ int main(int argc, char **argv)
 	pthread_barrier_t ready;
 	sigset_t sigs;
 	int ret, sig, status = 0, started = 0;
+	int udp_hold[CONFIG_MAX_LISTEN];
 
+	for (int l = 0; l < CONFIG_MAX_LISTEN; l++)
+		udp_hold[l] = -1;
 	ret = config_parse(&cfg, argc, argv, err, sizeof(err));
 	if (ret == 1)
 		return 0;
@@ -216,8 +267,24 @@ int main(int argc, char **argv)
 				goto out;
 			}
 			w->listen_fd[l] = fd;
+			if (*port_of(&cfg.listen[l]) == 0 &&
+			    (ret = take_bound_port(&cfg.listen[l], fd)) < 0) {
+				log_err("getsockname: %s", strerror(-ret));
+				status = 1;
+				goto out;
+			}
 		}
 		w->nlisten = cfg.nlisten;
+	}
+	for (int l = 0; l < cfg.nudp; l++) {
+		udp_hold[l] = reserve_udp_port(&cfg.udp_listen[l], cfg.udp_listen_len[l]);
+		if (udp_hold[l] < -1) {
+			log_err("tunnel -U: cannot bind %s/udp: %s",
+			        addr_text(&cfg.udp_listen[l], text, sizeof(text)),
+			        strerror(-udp_hold[l]));
+			status = 1;
+			goto out;
+		}
 	}
 
 	pthread_barrier_init(&ready, NULL, (unsigned)cfg.workers + 1);
@@ -232,6 +299,11 @@ int main(int argc, char **argv)
 		started++;
 	}
 	pthread_barrier_wait(&ready);
+	for (int l = 0; l < cfg.nudp; l++) { /* the workers have bound theirs by now */
+		if (udp_hold[l] >= 0)
+			close(udp_hold[l]);
+		udp_hold[l] = -1;
+	}
 	for (int i = 0; i < cfg.workers; i++)
 		if (workers[i].start_err < 0)
 			status = 1;
@@ -261,6 +333,9 @@ int main(int argc, char **argv)
 		pthread_join(workers[i].thread, NULL);
 	pthread_barrier_destroy(&ready);
 out:
+	for (int l = 0; l < cfg.nudp; l++)
+		if (udp_hold[l] >= 0)
+			close(udp_hold[l]);
 	for (int i = 0; workers && i < cfg.workers; i++) {
 		for (int l = 0; l < cfg.nlisten; l++)
 			if (workers[i].listen_fd[l] >= 0)

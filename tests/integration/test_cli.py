@@ -328,6 +328,51 @@ class CliTest(unittest.TestCase):
             h.check_serving(p)
             held[0].close()
 
+    def test_port_0_gives_every_worker_the_same_port(self):
+        """-l ADDR:0 (and tunnel -U ADDR:0:DEST): the kernel picks a port, every worker's
+        socket shares it, and the log says which. Each worker used to bind a port of its own
+        and the log said 0."""
+        def sockets(pid, proto):
+            """ports of pid's sockets of proto (tcp: listening), from ss"""
+            flags = "-tlnpH" if proto == "tcp" else "-ulnpH"
+            out = subprocess.run(["ss", flags], capture_output=True, text=True, check=True).stdout
+            return [int(line.split()[3].rsplit(":", 1)[1]) for line in out.splitlines()
+                    if f"pid={pid}," in line]
+
+        def started(argv, want):
+            p = subprocess.Popen([h.BIN] + argv, stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                 preexec_fn=h._die_with_parent)
+            lines = []
+            while len(lines) < want:
+                line = p.stderr.readline()
+                self.assertTrue(line, f"{argv}: exited early: {lines}")
+                if "listening on" in line:
+                    lines.append(line)
+            return p, [int(re.search(r":(\d+)(/udp)? \(", x).group(1)) for x in lines]
+
+        with h.EchoServer() as echo:
+            p, ports = started(["-l", "127.0.0.1:0", "-l", "[::1]:0", "-w", "2", "-v"], 2)
+            try:
+                self.assertNotIn(0, ports)
+                self.assertEqual(sorted(sockets(p.pid, "tcp")), sorted(ports * 2))
+                for host, port in zip(("127.0.0.1", "::1"), ports):
+                    s, r = h.socks_connect((host, port), "127.0.0.1", echo.port)
+                    with s:
+                        self.assertEqual(h.echo_roundtrip(s, b"zero"), b"zero")
+            finally:
+                p.terminate()
+                self.assertEqual(p.wait(10 * h.SLOW), 0)
+        p, ports = started(["tunnel", "-U", "127.0.0.1:0:127.0.0.1:9", "-L", "127.0.0.1:0:127.0.0.1:9",
+                            "--via", "socks5://127.0.0.1:1", "-w", "2"], 2)
+        try:
+            self.assertNotIn(0, ports)
+            self.assertEqual(sockets(p.pid, "tcp"), [ports[0]] * 2)
+            self.assertEqual(sockets(p.pid, "udp"), [ports[1]] * 2)
+        finally:
+            p.terminate()
+            self.assertEqual(p.wait(10 * h.SLOW), 0)
+
     def test_listen_port_in_use(self):
         blocker = socket.socket()
         blocker.bind(("127.0.0.1", 0))
