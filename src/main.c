@@ -75,6 +75,31 @@ static uint16_t *port_of(struct sockaddr_storage *ss)
 	return &((struct sockaddr_in6 *)ss)->sin6_port;
 }
 
+/* Every worker's socket joins one SO_REUSEPORT group per address, and the kernel lets any
+ * process of the same user join such a group: a second ringsocks on our port would start
+ * without a word and take its share of our clients. So each fixed address is first bound by
+ * a socket without SO_REUSEPORT, which fails (EADDRINUSE) where anything listens or is bound
+ * there already, and is closed again before the workers' sockets take the address. Two
+ * instances started at the same instant could still both pass. */
+static int check_not_in_use(const struct sockaddr_storage *ss, socklen_t len, int type)
+{
+	int one = 1, fd, err = 0;
+
+	if (*port_of((struct sockaddr_storage *)ss) == 0)
+		return 0; /* the kernel picks a free one */
+	fd = socket(ss->ss_family, type | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	if ((type == SOCK_STREAM && /* as the listeners: TIME_WAIT leftovers do not count */
+	     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0) ||
+	    (ss->ss_family == AF_INET6 &&
+	     setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) < 0) ||
+	    bind(fd, (const struct sockaddr *)ss, len) < 0)
+		err = -errno;
+	close(fd);
+	return err;
+}
+
 /* Port 0 asks the kernel for a port: every worker's socket must then share the one the first
  * got, or each would listen on a port of its own and the log would say 0. */
 static int take_bound_port(struct sockaddr_storage *want, int fd)
@@ -248,6 +273,20 @@ int main(int argc, char **argv)
 		w->wake_fd = -1;
 		for (int l = 0; l < cfg.nlisten; l++)
 			w->listen_fd[l] = -1;
+	}
+	for (int l = 0; l < cfg.nlisten + cfg.nudp; l++) {
+		int udp = l >= cfg.nlisten;
+		const struct sockaddr_storage *ss =
+		    udp ? &cfg.udp_listen[l - cfg.nlisten] : &cfg.listen[l];
+		ret = check_not_in_use(
+		    ss, udp ? cfg.udp_listen_len[l - cfg.nlisten] : cfg.listen_len[l],
+		    udp ? SOCK_DGRAM : SOCK_STREAM);
+		if (ret < 0) {
+			log_err("cannot listen on %s%s: %s", addr_text(ss, text, sizeof(text)),
+			        udp ? "/udp" : "", strerror(-ret));
+			status = 1;
+			goto out;
+		}
 	}
 	for (int i = 0; i < cfg.workers; i++) {
 		struct worker *w = &workers[i];

@@ -373,6 +373,37 @@ class CliTest(unittest.TestCase):
             p.terminate()
             self.assertEqual(p.wait(10 * h.SLOW), 0)
 
+    def test_second_instance_on_the_same_port_does_not_start(self):
+        """The workers' listeners share a port through SO_REUSEPORT, which the kernel also
+        grants to any other process of the same user: a second ringsocks on the port used to
+        start and take a share of the first one's clients. It must fail as on any port in use,
+        TCP and tunnel -U alike, and the first keeps every client."""
+        with h.Proxy() as p:
+            rc, out, err = run(["-l", f"127.0.0.1:{p.port}", "-w", "2", "--user", "bob:pw"])
+            self.assertIsNotNone(rc, "a second instance kept running on the same port")
+            self.assertEqual(rc, 1, err)
+            self.assertIn("in use", err)
+            for _ in range(8):  # all of them answered by the first: no auth asked
+                h.check_serving(p)
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.bind(("127.0.0.1", 0))
+        port = udp.getsockname()[1]
+        udp.close()
+        first = subprocess.Popen([h.BIN, "tunnel", "-U", f"127.0.0.1:{port}:127.0.0.1:9",
+                                  "--via", "socks5://127.0.0.1:1", "-w", "2", "-v"],
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE, text=True, preexec_fn=h._die_with_parent)
+        try:
+            while "listening on" not in first.stderr.readline():
+                self.assertIsNone(first.poll(), "the first tunnel did not start")
+            rc, out, err = run(["tunnel", "-U", f"127.0.0.1:{port}:127.0.0.1:9",
+                                "--via", "socks5://127.0.0.1:1"])
+            self.assertEqual(rc, 1, err)
+            self.assertIn("in use", err)
+        finally:
+            first.terminate()
+            self.assertEqual(first.wait(10 * h.SLOW), 0)
+
     def test_listen_port_in_use(self):
         blocker = socket.socket()
         blocker.bind(("127.0.0.1", 0))
