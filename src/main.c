@@ -252,6 +252,7 @@ int main(int argc, char **argv)
 	sigaddset(&sigs, SIGINT);
 	sigaddset(&sigs, SIGTERM);
 	sigaddset(&sigs, SIGUSR1);               /* each worker logs its counters */
+	sigaddset(&sigs, SIGHUP);                /* no configuration to reload: logged, ignored */
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL); /* inherited by the workers */
 
 	if (ares_library_init(ARES_LIB_INIT_ALL) != ARES_SUCCESS) {
@@ -359,6 +360,12 @@ int main(int argc, char **argv)
 		for (;;) {
 			if (sigwait(&sigs, &sig) != 0)
 				continue;
+			if (sig == SIGHUP) {
+				log_msg("info",
+				        "SIGHUP ignored: there is no configuration to reload "
+				        "(restart to change settings)");
+				continue;
+			}
 			if (sig != SIGUSR1)
 				break;
 			for (int i = 0; i < cfg.workers; i++)
@@ -368,8 +375,11 @@ int main(int argc, char **argv)
 	}
 	for (int i = 0; i < started; i++)
 		worker_wake(&workers[i]);
-	for (int i = 0; i < started; i++)
+	for (int i = 0; i < started; i++) {
 		pthread_join(workers[i].thread, NULL);
+		if (workers[i].run_err < 0)
+			status = 1;
+	}
 	pthread_barrier_destroy(&ready);
 out:
 	for (int l = 0; l < cfg.nudp; l++)

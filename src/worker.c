@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <netinet/tcp.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1152,7 +1153,12 @@ void *worker_main(void *arg)
 		ts.tv_nsec = (long long)(next % 1000) * 1000000;
 		ret = io_uring_submit_and_wait_timeout(&w->ring, &cqe, 1, &ts, NULL);
 		if (ret < 0 && ret != -ETIME && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY) {
-			log_err("worker %d: io_uring_enter: %s", w->id, strerror(-ret));
+			log_err("worker %d: io_uring_enter: %s; stopping", w->id, strerror(-ret));
+			/* the kernel would go on queueing this worker's share of new clients on its
+			 * listener, and nobody would accept them: the whole process stops instead
+			 */
+			w->run_err = ret;
+			kill(getpid(), SIGTERM);
 			break;
 		}
 		w->now_ms = worker_now_ms();

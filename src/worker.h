@@ -59,6 +59,7 @@ struct worker {
 	unsigned up_rr;
 	struct worker_stats stats;
 	int start_err; /* set when the thread failed to start */
+	int run_err;   /* its loop ended on an error: the process stops, exit status 1 */
 	pthread_barrier_t *ready;
 };
 

@@ -130,6 +130,22 @@ class CliTest(unittest.TestCase):
         h.check_serving(p)
         self.assertEqual(p.stop(signal.SIGINT), 0)
 
+    def test_sighup_is_logged_and_ignored(self):
+        """There is no configuration to reload: SIGHUP (a `systemctl reload`, a closed
+        terminal) used to kill the daemon with status 129 and no word."""
+        with h.EchoServer() as echo:
+            p = h.Proxy()
+            s, r = h.socks_connect(p, "127.0.0.1", echo.port)
+            with s:
+                os.kill(p.pid, signal.SIGHUP)
+                deadline = time.monotonic() + 5 * h.SLOW
+                while "SIGHUP ignored" not in p.stderr() and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                self.assertIn("SIGHUP ignored", p.stderr())
+                self.assertEqual(h.echo_roundtrip(s, b"still"), b"still")
+            h.check_serving(p)
+            self.assertEqual(p.stop(signal.SIGTERM), 0)
+
     def test_sigterm_with_open_connections(self):
         with h.EchoServer() as echo:
             p = h.Proxy()
