@@ -349,14 +349,15 @@ int main(int argc, char **argv)
 			status = 1;
 	if (status == 0) {
 		for (int l = 0; l < cfg.nlisten; l++)
-			log_msg("info", "listening on %s (%d workers%s%s)",
+			log_msg("info", "listening on %s (%d worker%s%s%s)",
 			        addr_text(&cfg.listen[l], text, sizeof(text)), cfg.workers,
+			        cfg.workers == 1 ? "" : "s",
 			        cfg.nusers ? ", username/password required" : "",
 			        cfg.ncpus ? ", pinned" : "");
 		for (int l = 0; l < cfg.nudp; l++)
-			log_msg("info", "listening on %s/udp (%d workers%s)",
+			log_msg("info", "listening on %s/udp (%d worker%s%s)",
 			        addr_text(&cfg.udp_listen[l], text, sizeof(text)), cfg.workers,
-			        cfg.ncpus ? ", pinned" : "");
+			        cfg.workers == 1 ? "" : "s", cfg.ncpus ? ", pinned" : "");
 		for (;;) {
 			if (sigwait(&sigs, &sig) != 0)
 				continue;

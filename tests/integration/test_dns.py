@@ -4,6 +4,7 @@ block the loop for anybody else."""
 
 import os
 import socket
+import struct
 import sys
 import threading
 import time
@@ -83,6 +84,27 @@ class DnsTest(h.ProxyTestCase):
                 data, how = h.read_to_close(s, timeout=10 * h.SLOW)
                 self.assertEqual(data.hex(), h.error_reply(h.REP_HOST_UNREACH).hex())
         self.assertGreaterEqual(self.dns.count("missing.ringsocks.test"), 1)
+
+    def test_control_bytes_of_names_are_escaped_in_the_log(self):
+        """A domain name may hold any byte, and the log carries it (-v's session line, the
+        resolver's answer): a newline in one forged a whole log line, an escape sequence
+        reached the terminal. They are written as \\xNN."""
+        forged = b"2001-01-01T00:00:00.000Z ringsocks error: FORGED"
+        name = b"x\n" + forged + b"\x1b[31m.test"
+        with h.open_client(self.proxy) as s:
+            s.sendall(h.greeting())
+            self.assertEqual(h.recv_exact(s, 2).hex(), "0500")
+            s.sendall(bytes([h.VER, h.CMD_CONNECT, 0, 3, len(name)]) + name +
+                      struct.pack("!H", self.echo4.port))
+            data, how = h.read_to_close(s, timeout=10 * h.SLOW)
+            self.assertEqual(data.hex(), h.error_reply(h.REP_HOST_UNREACH).hex())
+        deadline = time.monotonic() + 5 * h.SLOW
+        while "FORGED" not in self.proxy.stderr() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        log = self.proxy.stderr()
+        self.assertIn("x\\x0a" + forged.decode() + "\\x1b[31m.test", log)
+        self.assertNotIn("\x1b", log)
+        self.assertFalse([x for x in log.splitlines() if x.startswith(forged.decode())], log)
 
     def test_pipelined_payload_waits_for_resolution(self):
         """greeting + request(name) + payload in one segment, the answer delayed 0.5 s: the
