@@ -5,6 +5,7 @@
 #include "upstream.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -103,6 +104,25 @@ void upstream_failed(struct worker *w, struct conn *c, const char *reason)
 		return;
 	}
 	attempt(w, c);
+}
+
+void upstream_timeout(struct worker *w, struct conn *c)
+{
+	char why[320];
+
+	if (c->state != CONN_UP_HANDSHAKE || uphs(w, c)->cli.state != SOCKS5_CLI_REPLY) {
+		upstream_failed(w, c, "timed out");
+		return;
+	}
+	/* The upstream took our request and is reaching the destination itself (resolving
+	 * it, connecting, maybe through a slow DNS): that is the destination's time, not a
+	 * fault of the upstream. Trying the next upstream would send the same request again,
+	 * and backing this one off would count a slow destination against a healthy proxy.
+	 * The client gets reply 6, as for a destination that does not answer in time. */
+	snprintf(why, sizeof(why), "no reply in time from upstream %s",
+	         w->cfg->upstreams[c->up_i].text);
+	worker_cancel_ops(w, c, UPSTREAM_OPS);
+	worker_conn_give_up(w, c, SOCKS5_REP_TTL_EXPIRED, why);
 }
 
 void upstream_retry(struct worker *w, struct conn *c)

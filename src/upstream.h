@@ -34,6 +34,8 @@ void upstream_start(struct worker *w, struct conn *c);
 void upstream_connected(struct worker *w, struct conn *c);
 /* The current upstream failed (reason logged); try the next one or give up. */
 void upstream_failed(struct worker *w, struct conn *c, const char *reason);
+/* --connect-timeout ran out on an attempt (resolving, connecting or in the handshake). */
+void upstream_timeout(struct worker *w, struct conn *c);
 /* The failed upstream's requests have all ended: try the next one. */
 void upstream_retry(struct worker *w, struct conn *c);
 #define UPSTREAM_OPS (CONN_OP_BIT(OP_CONNECT) | CONN_OP_BIT(OP_RECV_T) | CONN_OP_BIT(OP_SEND_T))

@@ -821,7 +821,7 @@ static void on_timeout(struct worker *w, struct conn *c)
 	case CONN_CONNECTING:
 	case CONN_UP_HANDSHAKE:
 		if (c->via != VIA_DIRECT) {
-			upstream_failed(w, c, "timed out");
+			upstream_timeout(w, c);
 			break;
 		}
 		/* the connect still in flight ends cancelled; on_connect ignores it */

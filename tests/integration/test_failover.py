@@ -145,6 +145,40 @@ class FailoverTest(c.FreshProcsMixin, unittest.TestCase):
         self.assertLess(elapsed, TIMEOUT + 1)
         c.wait_log(fwd, rf"upstream 127\.0\.0\.1:{hole.port}: \S")
 
+    # ---- an upstream that has the request and is slow to reach the destination
+
+    def test_slow_destination_behind_an_upstream_reply_6_no_failover(self):
+        """The upstream took the request and is still resolving the destination when
+        --connect-timeout runs out: reply 6 (as for a destination that does not answer in
+        time), the request is not sent to the next upstream, and the healthy upstream is not
+        backed off. It used to be counted as the upstream's failure: the same CONNECT went to
+        every upstream in turn, each was backed off, and the client got reply 1 after
+        upstreams x timeout."""
+        self.dns.add("slow.failover.test", a=["127.0.0.1"], delay=TIMEOUT + 2)
+        echo = self.keep(h.EchoServer())
+        good = self.keep(c.FakeUpstream())
+        fwd = self.fwd([self.direct, good.url()])
+        with h.open_client(fwd) as s:
+            t0 = time.monotonic()
+            s.sendall(h.greeting() + h.request("slow.failover.test", echo.port))
+            self.assertEqual(h.recv_exact(s, 2).hex(), "0500")
+            data, how = h.read_to_close(s, timeout=3 * TIMEOUT + 5)
+            elapsed = time.monotonic() - t0
+        self.assertEqual(data.hex(), h.error_reply(h.REP_TTL).hex())
+        self.assertGreaterEqual(elapsed, TIMEOUT - 0.5)
+        self.assertLess(elapsed, TIMEOUT + 1, "the request went on to the next upstream")
+        self.assertEqual(good.connections, 0, "the request was sent again to the next upstream")
+        self.assertGreaterEqual(self.dns.count("slow.failover.test"), 1)  # the upstream asked
+        c.wait_log(fwd, r"forwarding to slow\.failover\.test:\d+ failed: no reply in time")
+        self.assertFalse(c.log_lines(fwd, r"upstream 127\.0\.0\.1:\d+: timed out"),
+                         "the healthy upstream was logged as failed")
+        # not backed off: the next request goes to it again (round-robin: to both in turn)
+        for _ in range(2):
+            s, raw, elapsed = self.connect_through(fwd, "127.0.0.1", echo.port)
+            with s:
+                self.assertEqual(raw[:2], b"\x05\x00")
+        self.assertEqual(good.connections, 1, "the first upstream was backed off")
+
     def test_pipelined_data_survives_failover(self):
         silent = self.keep(c.SilentServer())
         good = self.keep(c.FakeUpstream(hold=0.3))
