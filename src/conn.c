@@ -99,21 +99,34 @@ void conn_timer_clear(struct conn_table *t, struct conn *c)
 	c->timer = TIMER_NONE;
 }
 
-void conn_timer_set(struct conn_table *t, struct conn *c, enum timer_kind k, uint64_t now_ms)
+void conn_timer_set_at(struct conn_table *t, struct conn *c, enum timer_kind k,
+                       uint64_t deadline_ms)
 {
 	struct timer_list *l = &t->timers[k];
-	uint32_t idx = conn_index(t, c);
+	uint32_t idx = conn_index(t, c), after;
 
 	conn_timer_clear(t, c);
 	c->timer = (uint8_t)k;
-	c->deadline_ms = now_ms + l->timeout_ms;
-	c->tnext = CONN_NIL;
-	c->tprev = l->tail;
-	if (l->tail != CONN_NIL)
-		t->slots[l->tail].tnext = idx;
+	c->deadline_ms = deadline_ms;
+	/* a list of one timeout stops at its tail at once */
+	after = l->tail;
+	while (after != CONN_NIL && t->slots[after].deadline_ms > deadline_ms)
+		after = t->slots[after].tprev;
+	c->tprev = after;
+	c->tnext = after != CONN_NIL ? t->slots[after].tnext : l->head;
+	if (c->tnext != CONN_NIL)
+		t->slots[c->tnext].tprev = idx;
+	else
+		l->tail = idx;
+	if (after != CONN_NIL)
+		t->slots[after].tnext = idx;
 	else
 		l->head = idx;
-	l->tail = idx;
+}
+
+void conn_timer_set(struct conn_table *t, struct conn *c, enum timer_kind k, uint64_t now_ms)
+{
+	conn_timer_set_at(t, c, k, now_ms + t->timers[k].timeout_ms);
 }
 
 struct conn *conn_timer_expired(struct conn_table *t, uint64_t now_ms)

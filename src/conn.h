@@ -82,6 +82,8 @@ enum conn_state {
 	CONN_CLOSING,      /* sockets closed; waiting for in-flight operations to end */
 	CONN_BIND_WAIT,    /* BIND: first reply sent, waiting for the peer to connect */
 	CONN_UDP,          /* UDP ASSOCIATE: datagrams flow while the control connection lives */
+	CONN_CONNECT_NEXT, /* an address took too long: its connect is cancelled, the next follows
+	                    */
 };
 
 /* How the destination is reached. */
@@ -94,6 +96,9 @@ enum timer_kind {
 	TIMER_LINGER,
 	TIMER_BIND,     /* --bind-timeout */
 	TIMER_UDP_IDLE, /* --udp-idle-timeout */
+	/* a connect to one of several addresses: a share of --connect-timeout, then the next
+	 * address (deadlines differ: kept sorted by conn_timer_set_at) */
+	TIMER_CONNECT_NEXT,
 	TIMER__COUNT
 };
 
@@ -150,6 +155,7 @@ struct conn {
 	uint32_t tprev, tnext;  /* deadline list links (slot indices, UINT32_MAX: none) */
 	uint32_t qnext;         /* runnable list link */
 	uint64_t deadline_ms;
+	uint64_t connect_by_ms; /* the whole --connect-timeout's deadline, while on CONNECT_NEXT */
 	uint64_t start_ms;
 	struct relay_dir dir[2];
 	struct sockaddr_in6 addrs[CONN_MAX_ADDRS]; /* big enough for sockaddr_in too */
@@ -194,6 +200,9 @@ struct conn *conn_lookup(struct conn_table *t, uint64_t ud);
 
 /* Deadline lists: every list has one timeout, so appending keeps it sorted. */
 void conn_timer_set(struct conn_table *t, struct conn *c, enum timer_kind k, uint64_t now_ms);
+/* The same with a deadline of its own: inserted in order, searching from the latest. */
+void conn_timer_set_at(struct conn_table *t, struct conn *c, enum timer_kind k,
+                       uint64_t deadline_ms);
 void conn_timer_clear(struct conn_table *t, struct conn *c);
 /* The first expired slot of any list at now_ms, or NULL. */
 struct conn *conn_timer_expired(struct conn_table *t, uint64_t now_ms);

@@ -36,6 +36,7 @@
 /* io-wq threads a worker's ring may start (bounded, unbounded work); see ring_setup */
 #define RING_IOWQ_MAX   1
 #define LINGER_MS       2000 /* how long a refused client may take to close */
+#define CONNECT_STEP_MS 2000 /* at most this long for one of several addresses */
 #define ACCEPT_RETRY_MS 100  /* pause after EMFILE and friends */
 #define MAX_WAIT_MS     1000
 
@@ -439,6 +440,18 @@ void worker_connect_next(struct worker *w, struct conn *c)
 		worker_set_congestion(w->cfg, fd, (struct sockaddr *)a); /* checked at start-up */
 		c->tfd = fd;
 		c->state = CONN_CONNECTING;
+		/* With more addresses to try, this one gets a share of the time only: one that
+		 * drops our SYNs (IPv6 without a route out, say) must not take the whole timeout
+		 * from the next. The last gets what is left of --connect-timeout. */
+		if (c->timer == TIMER_CONNECT)
+			c->connect_by_ms = c->deadline_ms;
+		if (c->addr_i + 1 < c->naddrs) {
+			uint64_t step = w->now_ms + w->conns.timers[TIMER_CONNECT_NEXT].timeout_ms;
+			conn_timer_set_at(&w->conns, c, TIMER_CONNECT_NEXT,
+			                  step < c->connect_by_ms ? step : c->connect_by_ms);
+		} else if (c->timer == TIMER_CONNECT_NEXT) {
+			conn_timer_set_at(&w->conns, c, TIMER_CONNECT_NEXT, c->connect_by_ms);
+		}
 		sqe = worker_sqe(w);
 		io_uring_prep_connect(sqe, fd, (struct sockaddr *)a, len);
 		sqe->user_data = worker_op(w, c, OP_CONNECT);
@@ -461,6 +474,12 @@ static void on_connect(struct worker *w, struct conn *c, int res)
 	uint8_t buf[SOCKS5_MAX_REPLY];
 	int n;
 
+	if (c->state == CONN_CONNECT_NEXT) {
+		/* cancelled for taking too long (or done just before the cancel: then used) */
+		c->state = CONN_CONNECTING;
+		if (res < 0)
+			res = -ETIMEDOUT;
+	}
 	if (c->state != CONN_CONNECTING)
 		return; /* timed out meanwhile */
 	if (res < 0) {
@@ -471,7 +490,11 @@ static void on_connect(struct worker *w, struct conn *c, int res)
 		return;
 	}
 	if (c->via != VIA_DIRECT) {
-		upstream_connected(w, c); /* the connect deadline covers its handshake too */
+		/* the connect deadline covers its handshake too: all of it, not an address's share
+		 */
+		if (c->timer == TIMER_CONNECT_NEXT)
+			conn_timer_set_at(&w->conns, c, TIMER_CONNECT_NEXT, c->connect_by_ms);
+		upstream_connected(w, c);
 		return;
 	}
 	conn_timer_clear(&w->conns, c);
@@ -812,6 +835,15 @@ static void on_send_target(struct worker *w, struct conn *c, int res)
 
 static void on_timeout(struct worker *w, struct conn *c)
 {
+	if (c->timer == TIMER_CONNECT_NEXT && c->state == CONN_CONNECTING &&
+	    c->addr_i + 1 < c->naddrs && w->now_ms < c->connect_by_ms) {
+		/* this address had its share: cancel its connect, and once that has ended
+		 * (on_connect) try the next one, within what is left of the timeout */
+		conn_timer_set_at(&w->conns, c, TIMER_CONNECT_NEXT, c->connect_by_ms);
+		c->state = CONN_CONNECT_NEXT;
+		worker_cancel_ops(w, c, CONN_OP_BIT(OP_CONNECT));
+		return;
+	}
 	conn_timer_clear(&w->conns, c);
 	switch (c->state) {
 	case CONN_HANDSHAKE:
@@ -819,6 +851,7 @@ static void on_timeout(struct worker *w, struct conn *c)
 		break;
 	case CONN_RESOLVING:
 	case CONN_CONNECTING:
+	case CONN_CONNECT_NEXT:
 	case CONN_UP_HANDSHAKE:
 		if (c->via != VIA_DIRECT) {
 			upstream_timeout(w, c);
@@ -1068,6 +1101,11 @@ static int worker_setup(struct worker *w)
 	w->conns.timers[TIMER_BIND].timeout_ms = (uint64_t)(w->cfg->bind_timeout * 1000 + 0.5);
 	w->conns.timers[TIMER_UDP_IDLE].timeout_ms =
 	    (uint64_t)(w->cfg->udp_idle_timeout * 1000 + 0.5);
+	/* the share of one of several addresses: half the timeout, at most CONNECT_STEP_MS */
+	w->conns.timers[TIMER_CONNECT_NEXT].timeout_ms =
+	    w->conns.timers[TIMER_CONNECT].timeout_ms / 2 < CONNECT_STEP_MS
+	        ? w->conns.timers[TIMER_CONNECT].timeout_ms / 2
+	        : CONNECT_STEP_MS;
 	if (w->cfg->nupstreams) {
 		w->uphs = calloc(slots, sizeof(*w->uphs));
 		if (!w->uphs)

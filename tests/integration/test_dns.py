@@ -3,6 +3,7 @@ NXDOMAIN -> 05 04, case-insensitivity, an IPv6 resolver address, and a slow answ
 block the loop for anybody else."""
 
 import os
+import select
 import socket
 import struct
 import sys
@@ -105,6 +106,56 @@ class DnsTest(h.ProxyTestCase):
         self.assertIn("x\\x0a" + forged.decode() + "\\x1b[31m.test", log)
         self.assertNotIn("\x1b", log)
         self.assertFalse([x for x in log.splitlines() if x.startswith(forged.decode())], log)
+
+    def hung_listener(self, host, port):
+        """host:port listens with a full accept queue: SYNs to it are dropped, a connect
+        neither succeeds nor fails."""
+        lsn = socket.socket()
+        lsn.bind((host, port))
+        lsn.listen(0)
+        fillers = []
+        for _ in range(8):
+            f = socket.socket()
+            f.setblocking(False)
+            fillers.append(f)
+            f.connect_ex((host, port))
+            if not select.select([], [f], [], 0.3)[1]:
+                break
+        self.addCleanup(lambda: [x.close() for x in fillers + [lsn]])
+
+    def test_unanswered_first_address_leaves_time_for_the_next(self):
+        """A name with two addresses whose first drops every SYN (IPv6 without a route
+        out, typically): the first gets a share of --connect-timeout (half, at most 2 s),
+        then the second is tried. The first used to take the whole timeout, and the
+        client got reply 6 although the second address answered."""
+        self.hung_listener("127.0.0.3", self.echo4.port)
+        self.dns.add("hung-then-ok.ringsocks.test", a=["127.0.0.3", "127.0.0.1"])
+        t0 = time.monotonic()
+        s, r = h.socks_connect(self.proxy, "hung-then-ok.ringsocks.test", self.echo4.port)
+        elapsed = time.monotonic() - t0
+        with s:
+            self.assertEqual(h.echo_roundtrip(s, b"second"), b"second")
+        self.assertGreaterEqual(elapsed, 1.5, "the first address was not given its share")
+        self.assertLess(elapsed, 4 * h.SLOW, "the first address took the whole timeout")
+
+    def test_unanswered_addresses_share_one_timeout(self):
+        """Every address drops SYNs: reply 6 once --connect-timeout (3 s) has passed in
+        all, not a timeout per address."""
+        self.hung_listener("127.0.0.3", self.echo4.port)
+        self.hung_listener("127.0.0.4", self.echo4.port)
+        self.dns.add("all-hung.ringsocks.test", a=["127.0.0.3", "127.0.0.4"])
+        with h.Proxy(["--resolver", self.dns.addr, "--connect-timeout", "3"]) as p:
+            with h.open_client(p) as s:
+                s.sendall(h.greeting())
+                self.assertEqual(h.recv_exact(s, 2).hex(), "0500")
+                t0 = time.monotonic()
+                s.sendall(h.request("all-hung.ringsocks.test", self.echo4.port))
+                data, how = h.read_to_close(s, timeout=10 * h.SLOW)
+                elapsed = time.monotonic() - t0
+            self.assertEqual(data.hex(), h.error_reply(h.REP_TTL).hex())
+            self.assertGreaterEqual(elapsed, 2.5)
+            self.assertLess(elapsed, 4.5)
+            h.check_serving(p)
 
     def test_pipelined_payload_waits_for_resolution(self):
         """greeting + request(name) + payload in one segment, the answer delayed 0.5 s: the

@@ -88,3 +88,29 @@ Test(conn, deadlines_expire_in_order_and_clear)
 	conn_timer_clear(&t, a);
 	cr_assert_eq(conn_timer_next(&t), UINT64_MAX);
 }
+
+Test(conn, deadlines_of_their_own_are_kept_in_order)
+{
+	struct conn *a = conn_alloc(&t), *b = conn_alloc(&t), *c = conn_alloc(&t),
+	            *d = conn_alloc(&t);
+
+	/* inserted out of order: the list comes out earliest first */
+	conn_timer_set_at(&t, a, TIMER_CONNECT_NEXT, 3000);
+	conn_timer_set_at(&t, b, TIMER_CONNECT_NEXT, 1000); /* new head */
+	conn_timer_set_at(&t, c, TIMER_CONNECT_NEXT, 2000); /* between */
+	conn_timer_set_at(&t, d, TIMER_CONNECT_NEXT, 4000); /* new tail */
+	cr_assert_eq(conn_timer_next(&t), 1000);
+	cr_assert_eq(conn_timer_expired(&t, 1000), b);
+	conn_timer_clear(&t, b);
+	cr_assert_eq(conn_timer_expired(&t, 2500), c);
+	/* moved later within the same list: behind a */
+	conn_timer_set_at(&t, c, TIMER_CONNECT_NEXT, 3500);
+	cr_assert_eq(conn_timer_expired(&t, 3600), a);
+	conn_timer_clear(&t, a);
+	cr_assert_eq(conn_timer_expired(&t, 3600), c);
+	conn_timer_clear(&t, c);
+	cr_assert_null(conn_timer_expired(&t, 3600));
+	cr_assert_eq(conn_timer_expired(&t, 4000), d);
+	conn_release(&t, d);
+	cr_assert_eq(conn_timer_next(&t), UINT64_MAX);
+}
