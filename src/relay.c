@@ -554,7 +554,7 @@ static int chunk_pump(struct worker *w, struct conn *c, int d)
 			return 0;
 		}
 		if (fresh && !(ch = chunk_get(w))) {
-			worker_conn_close(w, c, "out of memory");
+			worker_conn_abort(w, c, "out of memory");
 			return -1;
 		}
 		n = recv(src_fd(c, d), ch->data + ch->len, b->chunk_size - ch->len, MSG_DONTWAIT);
@@ -577,7 +577,7 @@ static int chunk_pump(struct worker *w, struct conn *c, int d)
 			return rd->qhead ? 0 : finish_dir(w, c, d); /* else after the last send */
 		}
 		if (hard_error(err)) {
-			worker_conn_close(w, c,
+			worker_conn_abort(w, c,
 			                  d == DIR_UP ? "client read error" : "target read error");
 			return -1;
 		}
@@ -602,7 +602,7 @@ static int splice_pump(struct worker *w, struct conn *c, int d)
 			n = splice(w->pipes.pipes[rd->pipe].r, NULL, dst, NULL, rd->inpipe,
 			           SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
 			if (n < 0 && hard_error(errno)) {
-				worker_conn_close(w, c,
+				worker_conn_abort(w, c,
 				                  d == DIR_UP ? "target write error"
 				                              : "client write error");
 				return -1;
@@ -637,7 +637,7 @@ static int splice_pump(struct worker *w, struct conn *c, int d)
 			return finish_dir(w, c, d);
 		}
 		if (hard_error(errno)) {
-			worker_conn_close(w, c,
+			worker_conn_abort(w, c,
 			                  d == DIR_UP ? "client read error" : "target read error");
 			return -1;
 		}
@@ -715,7 +715,7 @@ static void sqe_in_done(struct worker *w, struct conn *c, int d, int res)
 			release_pipe(w, rd);
 		return;
 	}
-	worker_conn_close(w, c, d == DIR_UP ? "client read error" : "target read error");
+	worker_conn_abort(w, c, d == DIR_UP ? "client read error" : "target read error");
 }
 
 static void sqe_out_done(struct worker *w, struct conn *c, int d, int res)
@@ -726,7 +726,7 @@ static void sqe_out_done(struct worker *w, struct conn *c, int d, int res)
 		rd->inpipe -= (uint32_t)res;
 		rd->bytes += (uint64_t)res;
 	} else if (res != -EAGAIN && res != -EINTR) {
-		worker_conn_close(w, c, d == DIR_UP ? "target write error" : "client write error");
+		worker_conn_abort(w, c, d == DIR_UP ? "target write error" : "client write error");
 		return;
 	}
 	if (rd->inpipe) {
@@ -886,7 +886,7 @@ static void copy_recv_done(struct worker *w, struct conn *c, int d, int res, uns
 				ch = chunk_get(w);
 				if (!ch) {
 					buf_return(w, bid);
-					worker_conn_close(w, c, "out of memory");
+					worker_conn_abort(w, c, "out of memory");
 					return;
 				}
 				memcpy(ch->data, b->mem + (size_t)bid * b->size, (size_t)res);
@@ -931,7 +931,7 @@ static void copy_recv_done(struct worker *w, struct conn *c, int d, int res, uns
 		return;
 	}
 	if (res != -ENOBUFS && res != -ECANCELED) {
-		worker_conn_close(w, c, d == DIR_UP ? "client read error" : "target read error");
+		worker_conn_abort(w, c, d == DIR_UP ? "client read error" : "target read error");
 		return;
 	}
 	if (!more && (rd->flags & DIR_SWITCHING)) {
@@ -958,7 +958,7 @@ static void copy_send_done(struct worker *w, struct conn *c, int d, int res)
 	struct relay_dir *rd = &c->dir[d];
 
 	if (res < 0) {
-		worker_conn_close(w, c, d == DIR_UP ? "target write error" : "client write error");
+		worker_conn_abort(w, c, d == DIR_UP ? "target write error" : "client write error");
 		return;
 	}
 	rd->qoff += (uint32_t)res;
@@ -1049,7 +1049,7 @@ void relay_event(struct worker *w, struct conn *c, int op, unsigned flags, int r
 	if (res < 0) {
 		if (res == -ECANCELED)
 			return;
-		worker_conn_close(w, c, "poll error");
+		worker_conn_abort(w, c, "poll error");
 		return;
 	}
 	if (w->cfg->relay_mode == RELAY_SPLICE_SQE) {

@@ -314,6 +314,20 @@ void worker_conn_close(struct worker *w, struct conn *c, const char *why)
 	conn_free_if_idle(w, c);
 }
 
+void worker_conn_abort(struct worker *w, struct conn *c, const char *why)
+{
+	struct linger lg = {.l_onoff = 1, .l_linger = 0};
+
+	/* A relay cut by an error (a reset, a failed write) must not look complete at the
+	 * other end: its peer sees a reset, as it would with no proxy between, rather than the
+	 * orderly close that ends a whole stream. */
+	if (c->cfd >= 0)
+		setsockopt(c->cfd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+	if (c->tfd >= 0)
+		setsockopt(c->tfd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+	worker_conn_close(w, c, why);
+}
+
 /* ---- handshake ---- */
 
 static void hs_recv(struct worker *w, struct conn *c)

@@ -87,6 +87,8 @@ uint64_t worker_op(struct worker *w, struct conn *c, enum conn_op op);
 /* Close both sockets of c, cancel what is in flight, log the session; the slot is
  * freed once nothing of it is in flight. */
 void worker_conn_close(struct worker *w, struct conn *c, const char *why);
+/* The same after an error: both peers get a reset (SO_LINGER 0), not a FIN. */
+void worker_conn_abort(struct worker *w, struct conn *c, const char *why);
 
 /* Called by the resolver with the addresses for a pending request (port already set),
  * or status < 0 when the name did not resolve. */

@@ -436,6 +436,42 @@ class RelayTest(h.EchoProxyTestCase):
                 s.close()
             srv.wait_done(n, timeout=10 * h.SLOW)
 
+    def test_a_reset_is_passed_on_as_a_reset(self):
+        """A peer that resets its connection (here after 1000 bytes) cut the stream short:
+        the other peer must see a reset too, not the orderly close that ends a whole stream
+        (it saw EOF, so a truncated download looked complete). Both ways."""
+        def reset(sock):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+
+        def send_then_reset(c, addr):
+            c.sendall(b"d" * 1000)
+            time.sleep(0.2)
+            reset(c)
+
+        with h.ThreadedServer(send_then_reset) as srv:
+            s, r = h.socks_connect(self.proxy, "127.0.0.1", srv.port)
+            with s:
+                data, how = h.read_to_close(s, timeout=10 * h.SLOW)
+            self.assertEqual(how, "reset", f"the destination's reset reached the client as "
+                             f"{how} after {len(data)} bytes")
+            self.assertEqual(data, b"d" * len(data))
+            srv.wait_done()
+
+        def read_until_closed(c, addr):
+            return h.read_to_close(c, timeout=10 * h.SLOW)
+
+        with h.ThreadedServer(read_until_closed) as srv:
+            s, r = h.socks_connect(self.proxy, "127.0.0.1", srv.port)
+            s.sendall(b"u" * 1000)
+            time.sleep(0.2)
+            reset(s)
+            srv.wait_done()
+            self.assertEqual(srv.errors, [])
+            data, how = srv.results[0]
+            self.assertEqual(how, "reset", f"the client's reset reached the destination as "
+                             f"{how} after {len(data)} bytes")
+
     def test_destination_closes_at_once(self):
         with h.ThreadedServer(lambda c, a: None) as srv:
             s, r = h.socks_connect(self.proxy, "127.0.0.1", srv.port)
