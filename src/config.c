@@ -479,9 +479,24 @@ int config_parse_tunnel(const char *spec, struct sockaddr_storage *ss, socklen_t
 	return config_parse_hostport(bind, ss, len);
 }
 
+/* The option getopt_long just refused, as written. Inside a bundle of short options ("-xv")
+ * getopt has not moved optind past the bundle, so argv[optind - 1] may be the argument before
+ * it: a short option is named by optopt. A long option ("--NAME", never bundled) is the whole
+ * argument the call stepped past. */
+static void refused_option(char **argv, int optind_before, char *buf, size_t cap)
+{
+	if (optind > optind_before && strncmp(argv[optind - 1], "--", 2) == 0)
+		snprintf(buf, cap, "%s", argv[optind - 1]);
+	else if (optopt > ' ' && optopt < 127)
+		snprintf(buf, cap, "-%c", optopt);
+	else
+		snprintf(buf, cap, "-\\x%02x", (unsigned)optopt & 0xff);
+}
+
 int config_parse(struct config *cfg, int argc, char **argv, char *err, size_t errlen)
 {
-	int opt;
+	int opt, optind_before;
+	char optname[64];
 	long v;
 
 	memset(cfg, 0, sizeof(*cfg));
@@ -493,7 +508,9 @@ int config_parse(struct config *cfg, int argc, char **argv, char *err, size_t er
 	cfg->bind_timeout = 60;
 	cfg->udp_idle_timeout = 120;
 	opterr = 0;
-	optind = 1;
+	/* 0, not 1: glibc then also forgets where it was inside a bundle of short options, which
+	 * an earlier call (a test's) that failed mid-bundle would otherwise resume from */
+	optind = 0;
 	if (argc > 1 && strcmp(argv[1], "tunnel") == 0) {
 		cfg->mode = MODE_TUNNEL;
 		argv++;
@@ -506,7 +523,8 @@ int config_parse(struct config *cfg, int argc, char **argv, char *err, size_t er
 		return -EINVAL;                                                                    \
 	} while (0)
 
-	while ((opt = getopt_long(argc, argv, ":l:L:U:w:vh", long_opts, NULL)) != -1) {
+	while ((optind_before = optind),
+	       (opt = getopt_long(argc, argv, ":l:L:U:w:vh", long_opts, NULL)) != -1) {
 		switch (opt) {
 		case 'L':
 			if (cfg->mode != MODE_TUNNEL)
@@ -658,9 +676,11 @@ int config_parse(struct config *cfg, int argc, char **argv, char *err, size_t er
 			printf("ringsocks %s\n", RINGSOCKS_VERSION);
 			return 1;
 		case ':':
-			FAIL("option '%s' needs a value (see --help)", argv[optind - 1]);
+			refused_option(argv, optind_before, optname, sizeof(optname));
+			FAIL("option '%s' needs a value (see --help)", optname);
 		default:
-			FAIL("unknown option '%s' (see --help)", argv[optind - 1]);
+			refused_option(argv, optind_before, optname, sizeof(optname));
+			FAIL("unknown option '%s' (see --help)", optname);
 		}
 	}
 	if (optind < argc)

@@ -130,6 +130,35 @@ Test(config, rejects_unknown_flag_missing_value_and_stray_argument)
 	config_free(&cfg);
 }
 
+/* getopt does not move optind past a bundle of short options ("-xv") until its last one:
+ * the error must name the option itself, not the argument before the bundle. */
+Test(config, names_the_refused_option_inside_a_bundle)
+{
+	static const struct {
+		int argc;
+		char *argv[4];
+		const char *want;
+	} cases[] = {
+	    {2, {"ringsocks", "-xv"}, "unknown option '-x'"},
+	    {2, {"ringsocks", "-vx"}, "unknown option '-x'"},
+	    {3, {"ringsocks", "tunnel", "-xv"}, "unknown option '-x'"},
+	    {3, {"ringsocks", "--listen=127.0.0.1:1", "-vxv"}, "unknown option '-x'"},
+	    {2, {"ringsocks", "-vl"}, "option '-l' needs a value"},
+	    {3, {"ringsocks", "tunnel", "-vL"}, "option '-L' needs a value"},
+	    {3, {"ringsocks", "-v", "--listen"}, "option '--listen' needs a value"},
+	    {3, {"ringsocks", "-v", "--bogus=1"}, "unknown option '--bogus=1'"},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct config cfg;
+		char err[256] = "";
+		char *argv[5] = {0};
+		memcpy(argv, cases[i].argv, sizeof(cases[i].argv));
+		cr_assert_eq(parse(&cfg, err, cases[i].argc, argv), -EINVAL, "case %zu", i);
+		cr_assert_not_null(strstr(err, cases[i].want), "case %zu: %s", i, err);
+		config_free(&cfg);
+	}
+}
+
 Test(config, cpus_fewer_than_workers_is_an_error)
 {
 	struct config cfg;
