@@ -6,6 +6,7 @@
 #include <getopt.h>
 #include <math.h>
 #include <netinet/in.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -213,40 +214,77 @@ static int parse_port_range(const char *s, struct config *cfg)
 	return 0;
 }
 
-/* "0,2,4-7" -> cpus[]. */
+/* A CPU number: decimal digits only (strtol would take " 1", "+1" and "0x1"). */
+static int parse_cpu_number(const char **p, long *out)
+{
+	long v = 0;
+	int n = 0;
+
+	for (; **p >= '0' && **p <= '9'; (*p)++, n++) {
+		v = v * 10 + (**p - '0');
+		if (v >= CONFIG_MAX_CPUS)
+			return -EINVAL;
+	}
+	if (n == 0)
+		return -EINVAL;
+	*out = v;
+	return 0;
+}
+
+/* "0,2,4-7" -> cpus[]: CPU numbers and ranges, each comma followed by another. */
 static int parse_cpus(const char *s, struct config *cfg)
 {
 	const char *p = s;
 
 	cfg->ncpus = 0;
-	while (*p) {
-		char *end;
+	for (;;) {
 		long a, b;
 
-		errno = 0;
-		a = strtol(p, &end, 10);
-		if (errno || end == p || a < 0 || a >= CONFIG_MAX_CPUS)
+		if (parse_cpu_number(&p, &a) < 0)
 			return -EINVAL;
 		b = a;
-		p = end;
 		if (*p == '-') {
 			p++;
-			b = strtol(p, &end, 10);
-			if (errno || end == p || b < a || b >= CONFIG_MAX_CPUS)
+			if (parse_cpu_number(&p, &b) < 0 || b < a)
 				return -EINVAL;
-			p = end;
 		}
 		for (long c = a; c <= b; c++) {
 			if (cfg->ncpus == CONFIG_MAX_CPUS)
 				return -EINVAL;
 			cfg->cpus[cfg->ncpus++] = (int)c;
 		}
-		if (*p == ',')
-			p++;
-		else if (*p)
+		if (*p == '\0')
+			return 0;
+		if (*p++ != ',')
 			return -EINVAL;
 	}
-	return cfg->ncpus ? 0 : -EINVAL;
+}
+
+/* The first CPU of cfg->cpus the process may not run on (a worker pinned there would fail at
+ * start-up), or -1; allowed gets the allowed set as a list ("0-1"). A machine with more CPUs
+ * than a cpu_set_t holds makes sched_getaffinity fail: the start-up then tells instead. */
+static int cpus_not_allowed(const struct config *cfg, char *allowed, size_t cap)
+{
+	cpu_set_t set;
+	size_t o = 0;
+
+	allowed[0] = '\0';
+	if (sched_getaffinity(0, sizeof(set), &set) < 0)
+		return -1;
+	for (int c = 0; c < CPU_SETSIZE && o < cap; c++) {
+		int last = c;
+		if (!CPU_ISSET(c, &set))
+			continue;
+		while (last + 1 < CPU_SETSIZE && CPU_ISSET(last + 1, &set))
+			last++;
+		o += (size_t)snprintf(allowed + o, cap - o, last > c ? "%s%d-%d" : "%s%d",
+		                      o ? "," : "", c, last);
+		c = last;
+	}
+	for (int i = 0; i < cfg->ncpus; i++)
+		if (!CPU_ISSET(cfg->cpus[i], &set))
+			return cfg->cpus[i];
+	return -1;
 }
 
 static int add_user(struct config *cfg, const char *s)
@@ -496,7 +534,7 @@ static void refused_option(char **argv, int optind_before, char *buf, size_t cap
 int config_parse(struct config *cfg, int argc, char **argv, char *err, size_t errlen)
 {
 	int opt, optind_before;
-	char optname[64];
+	char optname[64], cpulist[64];
 	long v;
 
 	memset(cfg, 0, sizeof(*cfg));
@@ -583,6 +621,10 @@ int config_parse(struct config *cfg, int argc, char **argv, char *err, size_t er
 		case OPT_CPUS:
 			if (parse_cpus(optarg, cfg) < 0)
 				FAIL("--cpus: '%s' is not a CPU list like 0,1 or 0-3", optarg);
+			if ((v = cpus_not_allowed(cfg, cpulist, sizeof(cpulist))) >= 0)
+				FAIL("--cpus: CPU %ld is not one this process may run on (allowed: "
+				     "%s)",
+				     v, cpulist);
 			break;
 		case OPT_USER:
 			if (cfg->mode == MODE_TUNNEL)

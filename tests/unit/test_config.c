@@ -2,6 +2,7 @@
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <sched.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -14,6 +15,15 @@ static int parse(struct config *cfg, char *err, int argc, char **argv)
 
 #define ARGS(...)  ((char *[]){"ringsocks", __VA_ARGS__, NULL})
 #define NARGS(...) ((int)(sizeof((char *[]){"ringsocks", __VA_ARGS__}) / sizeof(char *)))
+
+/* --cpus takes only CPUs the process may run on: tests that pin to 0 and 1 need both. */
+static void skip_unless_cpus_0_and_1(void)
+{
+	cpu_set_t set;
+	if (sched_getaffinity(0, sizeof(set), &set) < 0 || !CPU_ISSET(0, &set) ||
+	    !CPU_ISSET(1, &set))
+		cr_skip_test("needs CPUs 0 and 1");
+}
 
 Test(config, defaults_listen_on_localhost_1080)
 {
@@ -38,6 +48,7 @@ Test(config, defaults_listen_on_localhost_1080)
 
 Test(config, parses_every_flag)
 {
+	skip_unless_cpus_0_and_1();
 	struct config cfg;
 	char err[256];
 	char **argv = ARGS("-l", "[::1]:1081", "--listen", "127.0.0.2:9", "-w", "2", "--cpus",
@@ -161,6 +172,7 @@ Test(config, names_the_refused_option_inside_a_bundle)
 
 Test(config, cpus_fewer_than_workers_is_an_error)
 {
+	skip_unless_cpus_0_and_1();
 	struct config cfg;
 	char err[256];
 	cr_assert_eq(parse(&cfg, err, 5, ARGS("-w", "3", "--cpus", "0,1")), -EINVAL);
@@ -168,6 +180,51 @@ Test(config, cpus_fewer_than_workers_is_an_error)
 	config_free(&cfg);
 	cr_assert_eq(parse(&cfg, err, 3, ARGS("--cpus", "1")), 0);
 	cr_assert_eq(cfg.workers, 1, "workers default to the pinned CPUs");
+	config_free(&cfg);
+}
+
+Test(config, rejects_malformed_cpu_lists)
+{
+	static const char *bad[] = {"0,", ",0", "0,,1", "0-",  "-1",  "0-1-",
+	                            " 0", "+0", "0 ",   "0x1", "1023"}; /* 1023: not a CPU this test
+	                                                                   may run on, presumably */
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		struct config cfg;
+		char err[256] = "";
+		cr_assert_eq(parse(&cfg, err, 3, ARGS("--cpus", (char *)bad[i])), -EINVAL, "'%s'",
+		             bad[i]);
+		cr_assert_not_null(strstr(err, "--cpus"), "%s", err);
+		config_free(&cfg);
+	}
+}
+
+/* A CPU the process may not run on used to pass the parser and fail the start (exit 1). */
+Test(config, rejects_cpus_outside_the_allowed_set)
+{
+	struct config cfg;
+	char err[256] = "";
+	cpu_set_t set;
+	int first = -1, outside = -1;
+
+	cr_assert_eq(sched_getaffinity(0, sizeof(set), &set), 0);
+	for (int c = 0; c < CONFIG_MAX_CPUS && (first < 0 || outside < 0); c++) {
+		if (CPU_ISSET(c, &set) && first < 0)
+			first = c;
+		if (!CPU_ISSET(c, &set) && outside < 0)
+			outside = c;
+	}
+	cr_assert_geq(first, 0);
+	cr_assert_geq(outside, 0, "every CPU up to %d allowed", CONFIG_MAX_CPUS - 1);
+	char list[32];
+	snprintf(list, sizeof(list), "%d,%d", first, outside);
+	cr_assert_eq(parse(&cfg, err, 5, ARGS("--cpus", list, "-w", "1")), -EINVAL, "%s", list);
+	char want[64];
+	snprintf(want, sizeof(want), "--cpus: CPU %d is not one this process may run on", outside);
+	cr_assert_not_null(strstr(err, want), "%s", err);
+	config_free(&cfg);
+	snprintf(list, sizeof(list), "%d", first);
+	cr_assert_eq(parse(&cfg, err, 3, ARGS("--cpus", list)), 0, "%s", err);
+	cr_assert_eq(cfg.cpus[0], first);
 	config_free(&cfg);
 }
 

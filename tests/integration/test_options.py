@@ -1,0 +1,48 @@
+"""Option values the parser refuses (exit 2, one line on stderr naming the option) where they
+used to be accepted, or to fail only at start-up with another exit code."""
+
+import os
+import subprocess
+import sys
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness as h  # noqa: E402
+
+
+def run(args, timeout=5.0):
+    """Run the binary to completion; a daemon that does not exit within timeout is killed and
+    reported as exit code None."""
+    p = subprocess.Popen([h.BIN] + args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, preexec_fn=h._die_with_parent)
+    try:
+        out, err = p.communicate(timeout=timeout * h.SLOW)
+        return p.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate(timeout=5)
+        return None, out.decode(errors="replace"), err.decode(errors="replace")
+
+
+@unittest.skipIf(h.PEER, "ringsocks command line")
+class OptionsTest(unittest.TestCase):
+    def refused(self, args, want):
+        """args (with a listen address of its own, so an accepted value does not take port
+        1080) exit 2 with one line on stderr that contains want."""
+        rc, _, err = run(["-l", f"127.0.0.1:{h.unused_port()}"] + args)
+        self.assertEqual(rc, 2, f"exit code for {args} (stderr: {err!r})")
+        lines = [x for x in err.splitlines() if x.strip()]
+        self.assertEqual(len(lines), 1, f"stderr for {args} should be one line: {err!r}")
+        self.assertIn(want, lines[0], args)
+
+    def test_cpus_outside_the_allowed_set_exit_2(self):
+        """A CPU the process may not run on used to start the daemon, whose worker then failed
+        to pin itself (exit 1)."""
+        allowed = os.sched_getaffinity(0)
+        outside = next(c for c in range(1024) if c not in allowed)
+        self.refused(["--cpus", str(outside), "-w", "1"],
+                     f"--cpus: CPU {outside} is not one this process may run on")
+
+
+if __name__ == "__main__":
+    h.main()
