@@ -121,13 +121,30 @@ static const struct option long_opts[] = {
     {NULL, 0, NULL, 0},
 };
 
+/* A port: 1-5 decimal digits, nothing else (no sign, no blanks), up to 65535. */
+static int parse_port(const char *s, size_t n, int allow_zero, uint16_t *port)
+{
+	long v = 0;
+
+	if (n == 0 || n > 5)
+		return -EINVAL;
+	for (size_t i = 0; i < n; i++) {
+		if (s[i] < '0' || s[i] > '9')
+			return -EINVAL;
+		v = v * 10 + (s[i] - '0');
+	}
+	if (v > 65535 || (v == 0 && !allow_zero))
+		return -EINVAL;
+	*port = (uint16_t)v;
+	return 0;
+}
+
 int config_parse_hostport(const char *s, struct sockaddr_storage *ss, socklen_t *len)
 {
 	char host[INET6_ADDRSTRLEN + 2];
 	const char *colon, *h;
 	size_t hlen;
-	char *end;
-	long port;
+	uint16_t port;
 
 	memset(ss, 0, sizeof(*ss));
 	if (s[0] == '[') {
@@ -148,22 +165,20 @@ int config_parse_hostport(const char *s, struct sockaddr_storage *ss, socklen_t 
 		return -EINVAL;
 	memcpy(host, h, hlen);
 	host[hlen] = '\0';
-	errno = 0;
-	port = strtol(colon + 1, &end, 10);
-	if (errno || end == colon + 1 || *end || port < 0 || port > 65535)
+	if (parse_port(colon + 1, strlen(colon + 1), 1, &port) < 0)
 		return -EINVAL;
 
 	struct sockaddr_in *in4 = (struct sockaddr_in *)ss;
 	struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
 	if (s[0] != '[' && inet_pton(AF_INET, host, &in4->sin_addr) == 1) {
 		in4->sin_family = AF_INET;
-		in4->sin_port = htons((uint16_t)port);
+		in4->sin_port = htons(port);
 		*len = sizeof(*in4);
 		return 0;
 	}
 	if (s[0] == '[' && inet_pton(AF_INET6, host, &in6->sin6_addr) == 1) {
 		in6->sin6_family = AF_INET6;
-		in6->sin6_port = htons((uint16_t)port);
+		in6->sin6_port = htons(port);
 		*len = sizeof(*in6);
 		return 0;
 	}
@@ -200,17 +215,13 @@ static int parse_seconds(const char *s, double *out)
 static int parse_port_range(const char *s, struct config *cfg)
 {
 	const char *dash = strchr(s, '-');
-	char lo[8];
-	long a, b;
+	uint16_t a, b;
 
-	if (!dash || (size_t)(dash - s) >= sizeof(lo))
+	if (!dash || parse_port(s, (size_t)(dash - s), 0, &a) < 0 ||
+	    parse_port(dash + 1, strlen(dash + 1), 0, &b) < 0 || b < a)
 		return -EINVAL;
-	memcpy(lo, s, (size_t)(dash - s));
-	lo[dash - s] = '\0';
-	if (parse_long(lo, 1, 65535, &a) < 0 || parse_long(dash + 1, 1, 65535, &b) < 0 || b < a)
-		return -EINVAL;
-	cfg->bind_port_lo = (uint16_t)a;
-	cfg->bind_port_hi = (uint16_t)b;
+	cfg->bind_port_lo = a;
+	cfg->bind_port_hi = b;
 	return 0;
 }
 
@@ -394,23 +405,6 @@ static const char *port_colon(const char *s, size_t n)
 			return NULL;
 	}
 	return NULL;
-}
-
-static int parse_port(const char *s, size_t n, int allow_zero, uint16_t *port)
-{
-	long v = 0;
-
-	if (n == 0 || n > 5)
-		return -EINVAL;
-	for (size_t i = 0; i < n; i++) {
-		if (s[i] < '0' || s[i] > '9')
-			return -EINVAL;
-		v = v * 10 + (s[i] - '0');
-	}
-	if (v > 65535 || (v == 0 && !allow_zero))
-		return -EINVAL;
-	*port = (uint16_t)v;
-	return 0;
 }
 
 static int hexval(char ch)

@@ -228,6 +228,53 @@ Test(config, rejects_cpus_outside_the_allowed_set)
 	config_free(&cfg);
 }
 
+/* Ports are decimal digits, 0-65535, nothing around them: strtol took " 7101" and "+7101". */
+Test(config, ports_are_plain_decimal_digits)
+{
+	static const char *bad_ports[] = {" 7101", "+7101", "7101 ", "-0",
+	                                  "0x50",  "",      "65536", "\t80"};
+	struct sockaddr_storage ss;
+	socklen_t len;
+	struct socks5_addr dst;
+	struct config_upstream u;
+	char buf[96];
+
+	for (size_t i = 0; i < sizeof(bad_ports) / sizeof(bad_ports[0]); i++) {
+		const char *p = bad_ports[i];
+		struct config cfg;
+		char err[256] = "";
+
+		snprintf(buf, sizeof(buf), "127.0.0.1:%s", p);
+		cr_assert_lt(config_parse_hostport(buf, &ss, &len), 0, "'%s'", buf);
+		snprintf(buf, sizeof(buf), "[::1]:%s", p);
+		cr_assert_lt(config_parse_hostport(buf, &ss, &len), 0, "'%s'", buf);
+		snprintf(buf, sizeof(buf), "127.0.0.1:%s:example.com:80", p);
+		cr_assert_lt(config_parse_tunnel(buf, &ss, &len, &dst), 0, "'%s'", buf);
+		snprintf(buf, sizeof(buf), "%s:example.com:80", p);
+		cr_assert_lt(config_parse_tunnel(buf, &ss, &len, &dst), 0, "'%s'", buf);
+		snprintf(buf, sizeof(buf), "8080:example.com:%s", p);
+		cr_assert_lt(config_parse_tunnel(buf, &ss, &len, &dst), 0, "'%s'", buf);
+		snprintf(buf, sizeof(buf), "socks5://127.0.0.1:%s", p);
+		cr_assert_lt(config_parse_upstream(buf, &u), 0, "'%s'", buf);
+		snprintf(buf, sizeof(buf), "127.0.0.1:%s", p);
+		cr_assert_eq(parse(&cfg, err, 3, ARGS("--resolver", buf)), -EINVAL, "'%s'", buf);
+		cr_assert_not_null(strstr(err, "--resolver"), "%s", err);
+		config_free(&cfg);
+		snprintf(buf, sizeof(buf), "%s-9000", p);
+		cr_assert_eq(parse(&cfg, err, 3, ARGS("--bind-ports", buf)), -EINVAL, "'%s'", buf);
+		cr_assert_not_null(strstr(err, "--bind-ports"), "%s", err);
+		config_free(&cfg);
+		snprintf(buf, sizeof(buf), "8000-%s", p);
+		cr_assert_eq(parse(&cfg, err, 3, ARGS("--bind-ports", buf)), -EINVAL, "'%s'", buf);
+		config_free(&cfg);
+	}
+	cr_assert_eq(config_parse_hostport("127.0.0.1:65535", &ss, &len), 0);
+	cr_assert_eq(ntohs(((struct sockaddr_in *)&ss)->sin_port), 65535);
+	cr_assert_eq(config_parse_hostport("[::1]:0", &ss, &len), 0, "port 0: the kernel picks");
+	cr_assert_eq(config_parse_hostport("127.0.0.1:08080", &ss, &len), 0);
+	cr_assert_eq(ntohs(((struct sockaddr_in *)&ss)->sin_port), 8080);
+}
+
 Test(config, parses_tunnel_specs_and_upstream_urls)
 {
 	struct sockaddr_storage ss;
