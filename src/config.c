@@ -198,6 +198,12 @@ static int parse_long(const char *s, long lo, long hi, long *out)
 	return 0;
 }
 
+/* A timeout in seconds. The workers' timers count whole milliseconds (rounded to the nearest),
+ * so less than one would round to 0 and expire at once: 1e-9 closed every client. */
+#define TIMEOUT_MIN_S   0.001
+#define TIMEOUT_MAX_S   (86400.0 * 365)
+#define TIMEOUT_BAD_MSG "is not a number of seconds from 0.001 to 31536000"
+
 static int parse_seconds(const char *s, double *out)
 {
 	char *end;
@@ -205,7 +211,7 @@ static int parse_seconds(const char *s, double *out)
 
 	errno = 0;
 	v = strtod(s, &end);
-	if (errno || end == s || *end || !isfinite(v) || v <= 0 || v > 86400 * 365)
+	if (errno || end == s || *end || !isfinite(v) || v < TIMEOUT_MIN_S || v > TIMEOUT_MAX_S)
 		return -EINVAL;
 	*out = v;
 	return 0;
@@ -635,24 +641,19 @@ int config_parse(struct config *cfg, int argc, char **argv, char *err, size_t er
 			break;
 		case OPT_HS_TIMEOUT:
 			if (parse_seconds(optarg, &cfg->handshake_timeout) < 0)
-				FAIL(
-				    "--handshake-timeout: '%s' is not a positive number of seconds",
-				    optarg);
+				FAIL("--handshake-timeout: '%s' " TIMEOUT_BAD_MSG, optarg);
 			break;
 		case OPT_CONN_TIMEOUT:
 			if (parse_seconds(optarg, &cfg->connect_timeout) < 0)
-				FAIL("--connect-timeout: '%s' is not a positive number of seconds",
-				     optarg);
+				FAIL("--connect-timeout: '%s' " TIMEOUT_BAD_MSG, optarg);
 			break;
 		case OPT_BIND_TIMEOUT:
 			if (parse_seconds(optarg, &cfg->bind_timeout) < 0)
-				FAIL("--bind-timeout: '%s' is not a positive number of seconds",
-				     optarg);
+				FAIL("--bind-timeout: '%s' " TIMEOUT_BAD_MSG, optarg);
 			break;
 		case OPT_UDP_IDLE:
 			if (parse_seconds(optarg, &cfg->udp_idle_timeout) < 0)
-				FAIL("--udp-idle-timeout: '%s' is not a positive number of seconds",
-				     optarg);
+				FAIL("--udp-idle-timeout: '%s' " TIMEOUT_BAD_MSG, optarg);
 			break;
 		case OPT_BIND_PORTS:
 			if (cfg->mode == MODE_TUNNEL)

@@ -44,5 +44,14 @@ class OptionsTest(unittest.TestCase):
                      f"--cpus: CPU {outside} is not one this process may run on")
 
 
+    def test_timeouts_below_a_millisecond_exit_2(self):
+        """--handshake-timeout 1e-9 was accepted and closed every client at once."""
+        for opt in ("--handshake-timeout", "--connect-timeout", "--bind-timeout",
+                    "--udp-idle-timeout"):
+            for value in ("1e-9", "0.0004", "nan", "inf", "-1"):
+                with self.subTest(opt=opt, value=value):
+                    self.refused([opt, value],
+                                 f"{opt}: '{value}' is not a number of seconds from 0.001 to")
+
 if __name__ == "__main__":
     h.main()

@@ -392,6 +392,34 @@ Test(config, rejects_bad_bind_and_udp_values)
 	}
 }
 
+/* The timers count whole milliseconds: a timeout under 1 ms (1e-9 rounds to 0) expired at
+ * once, closing every client before its first byte. */
+Test(config, timeouts_are_at_least_a_millisecond)
+{
+	static const char *opts[] = {"--handshake-timeout", "--connect-timeout", "--bind-timeout",
+	                             "--udp-idle-timeout"};
+	static const char *bad[] = {"1e-9", "0.0004", "0.0009", "0", "-0",    "-1",      "nan",
+	                            "-nan", "inf",    "-inf",   "",  "1e400", "31536001"};
+	for (size_t i = 0; i < sizeof(opts) / sizeof(opts[0]); i++) {
+		struct config cfg;
+		char err[256] = "";
+
+		for (size_t j = 0; j < sizeof(bad) / sizeof(bad[0]); j++) {
+			cr_assert_eq(parse(&cfg, err, 3, ARGS((char *)opts[i], (char *)bad[j])),
+			             -EINVAL, "%s %s", opts[i], bad[j]);
+			cr_assert_eq(strncmp(err, opts[i], strlen(opts[i])), 0, "%s", err);
+			cr_assert_not_null(strstr(err, "is not a number of seconds from 0.001 to "
+			                               "31536000"),
+			                   "%s", err);
+			config_free(&cfg);
+		}
+		cr_assert_eq(parse(&cfg, err, 3, ARGS((char *)opts[i], "0.001")), 0, "%s", err);
+		config_free(&cfg);
+		cr_assert_eq(parse(&cfg, err, 3, ARGS((char *)opts[i], "31536000")), 0, "%s", err);
+		config_free(&cfg);
+	}
+}
+
 Test(config, tunnel_udp_ports)
 {
 	struct config cfg;
