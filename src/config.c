@@ -517,6 +517,21 @@ int config_parse_tunnel(const char *spec, struct sockaddr_storage *ss, socklen_t
 	return config_parse_hostport(bind, ss, len);
 }
 
+/* An IPv4-mapped IPv6 address ([::ffff:A.B.C.D]) to listen on: every listening socket is
+ * IPv6-only (so [::] and 0.0.0.0 can both be given), and bind(2) refuses a mapped address on
+ * one with a bare EINVAL at start-up. Returns 1 and writes "A.B.C.D:PORT" to use instead. */
+static int v4mapped(const struct sockaddr_storage *ss, char *buf, size_t cap)
+{
+	const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+	char host[INET_ADDRSTRLEN];
+
+	if (ss->ss_family != AF_INET6 || !IN6_IS_ADDR_V4MAPPED(&a->sin6_addr))
+		return 0;
+	inet_ntop(AF_INET, &a->sin6_addr.s6_addr[12], host, sizeof(host));
+	snprintf(buf, cap, "%s:%u", host, ntohs(a->sin6_port));
+	return 1;
+}
+
 /* The option getopt_long just refused, as written. Inside a bundle of short options ("-xv")
  * getopt has not moved optind past the bundle, so argv[optind - 1] may be the argument before
  * it: a short option is named by optopt. A long option ("--NAME", never bundled) is the whole
@@ -534,7 +549,7 @@ static void refused_option(char **argv, int optind_before, char *buf, size_t cap
 int config_parse(struct config *cfg, int argc, char **argv, char *err, size_t errlen)
 {
 	int opt, optind_before;
-	char optname[64], cpulist[64];
+	char optname[64], cpulist[64], addr[INET6_ADDRSTRLEN + 8];
 	long v;
 
 	memset(cfg, 0, sizeof(*cfg));
@@ -574,6 +589,8 @@ int config_parse(struct config *cfg, int argc, char **argv, char *err, size_t er
 			                        &cfg->tunnel_dst[cfg->nlisten]) < 0)
 				FAIL("-L: '%s' is not [BIND_ADDR:]PORT:DEST_HOST:DEST_PORT",
 				     optarg);
+			if (v4mapped(&cfg->listen[cfg->nlisten], addr, sizeof(addr)))
+				FAIL("-L: '%s' is an IPv4-mapped address; use %s", optarg, addr);
 			cfg->nlisten++;
 			break;
 		case 'U':
@@ -586,6 +603,8 @@ int config_parse(struct config *cfg, int argc, char **argv, char *err, size_t er
 			                        &cfg->udp_dst[cfg->nudp]) < 0)
 				FAIL("-U: '%s' is not [BIND_ADDR:]PORT:DEST_HOST:DEST_PORT",
 				     optarg);
+			if (v4mapped(&cfg->udp_listen[cfg->nudp], addr, sizeof(addr)))
+				FAIL("-U: '%s' is an IPv4-mapped address; use %s", optarg, addr);
 			cfg->nudp++;
 			break;
 		case OPT_UPSTREAM:
@@ -611,6 +630,9 @@ int config_parse(struct config *cfg, int argc, char **argv, char *err, size_t er
 			                          &cfg->listen_len[cfg->nlisten]) < 0)
 				FAIL("--listen: '%s' is not ADDR:PORT (IPv6 as [ADDR]:PORT)",
 				     optarg);
+			if (v4mapped(&cfg->listen[cfg->nlisten], addr, sizeof(addr)))
+				FAIL("--listen: '%s' is an IPv4-mapped address; use %s", optarg,
+				     addr);
 			cfg->nlisten++;
 			break;
 		case 'w':

@@ -53,5 +53,12 @@ class OptionsTest(unittest.TestCase):
                     self.refused([opt, value],
                                  f"{opt}: '{value}' is not a number of seconds from 0.001 to")
 
+    def test_ipv4_mapped_listen_address_exit_2(self):
+        """Listeners are IPv6-only: [::ffff:127.0.0.1]:P failed at start-up with only
+        "Invalid argument" (exit 1)."""
+        port = h.unused_port()
+        self.refused(["-l", f"[::ffff:127.0.0.1]:{port}"],
+                     f"is an IPv4-mapped address; use 127.0.0.1:{port}")
+
 if __name__ == "__main__":
     h.main()

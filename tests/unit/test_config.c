@@ -275,6 +275,53 @@ Test(config, ports_are_plain_decimal_digits)
 	cr_assert_eq(ntohs(((struct sockaddr_in *)&ss)->sin_port), 8080);
 }
 
+/* Listeners set IPV6_V6ONLY, so bind(2) refuses an IPv4-mapped address (EINVAL at start-up,
+ * exit 1): the parser refuses it and names the IPv4 address to use instead. */
+Test(config, rejects_ipv4_mapped_listen_addresses)
+{
+	static const struct {
+		int argc;
+		char *argv[8];
+		const char *want;
+	} cases[] = {
+	    {3,
+	     {"ringsocks", "-l", "[::ffff:127.0.0.1]:7101"},
+	     "--listen: '[::ffff:127.0.0.1]:7101' is an IPv4-mapped address; use 127.0.0.1:7101"},
+	    {3,
+	     {"ringsocks", "-l", "[::FFFF:7f00:2]:0"},
+	     "--listen: '[::FFFF:7f00:2]:0' is an IPv4-mapped address; use 127.0.0.2:0"},
+	    {6,
+	     {"ringsocks", "tunnel", "-L", "[::ffff:10.0.0.1]:8080:example.com:80", "--via",
+	      "socks5://127.0.0.1:1080"},
+	     "-L: '[::ffff:10.0.0.1]:8080:example.com:80' is an IPv4-mapped address; use "
+	     "10.0.0.1:8080"},
+	    {6,
+	     {"ringsocks", "tunnel", "-U", "[::ffff:10.0.0.1]:5353:10.0.0.2:53", "--via",
+	      "socks5://127.0.0.1:1080"},
+	     "-U: '[::ffff:10.0.0.1]:5353:10.0.0.2:53' is an IPv4-mapped address; use "
+	     "10.0.0.1:5353"},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct config cfg;
+		char err[256] = "";
+		char *argv[9] = {0};
+		memcpy(argv, cases[i].argv, sizeof(cases[i].argv));
+		cr_assert_eq(parse(&cfg, err, cases[i].argc, argv), -EINVAL, "case %zu", i);
+		cr_assert_not_null(strstr(err, cases[i].want), "case %zu: %s", i, err);
+		config_free(&cfg);
+	}
+	/* a mapped DEST_HOST is the proxy's business, and ::ffff alone is not mapped */
+	struct config cfg;
+	char err[256] = "";
+	cr_assert_eq(parse(&cfg, err, 6,
+	                   ARGS("tunnel", "-L", "8080:[::ffff:10.0.0.1]:80", "--via",
+	                        "socks5://127.0.0.1:1080")),
+	             0, "%s", err);
+	config_free(&cfg);
+	cr_assert_eq(parse(&cfg, err, 3, ARGS("-l", "[::ffff:0:0:1]:7101")), 0, "%s", err);
+	config_free(&cfg);
+}
+
 Test(config, parses_tunnel_specs_and_upstream_urls)
 {
 	struct sockaddr_storage ss;
