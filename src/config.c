@@ -532,6 +532,33 @@ static int v4mapped(const struct sockaddr_storage *ss, char *buf, size_t cap)
 	return 1;
 }
 
+/* Whether ss is already in list[0..n): same family, address and port. SO_REUSEPORT lets the
+ * same address be bound twice without an error, and the second socket would only split the
+ * clients with the first. Port 0 is never a duplicate: each asks the kernel for a port. */
+static int listed_before(const struct sockaddr_storage *list, int n,
+                         const struct sockaddr_storage *ss)
+{
+	for (int i = 0; i < n; i++) {
+		const struct sockaddr_storage *o = &list[i];
+		if (o->ss_family != ss->ss_family)
+			continue;
+		if (ss->ss_family == AF_INET) {
+			const struct sockaddr_in *a = (const struct sockaddr_in *)o;
+			const struct sockaddr_in *b = (const struct sockaddr_in *)ss;
+			if (b->sin_port && a->sin_port == b->sin_port &&
+			    a->sin_addr.s_addr == b->sin_addr.s_addr)
+				return 1;
+		} else {
+			const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)o;
+			const struct sockaddr_in6 *b = (const struct sockaddr_in6 *)ss;
+			if (b->sin6_port && a->sin6_port == b->sin6_port &&
+			    IN6_ARE_ADDR_EQUAL(&a->sin6_addr, &b->sin6_addr))
+				return 1;
+		}
+	}
+	return 0;
+}
+
 /* The option getopt_long just refused, as written. Inside a bundle of short options ("-xv")
  * getopt has not moved optind past the bundle, so argv[optind - 1] may be the argument before
  * it: a short option is named by optopt. A long option ("--NAME", never bundled) is the whole
@@ -591,6 +618,8 @@ int config_parse(struct config *cfg, int argc, char **argv, char *err, size_t er
 				     optarg);
 			if (v4mapped(&cfg->listen[cfg->nlisten], addr, sizeof(addr)))
 				FAIL("-L: '%s' is an IPv4-mapped address; use %s", optarg, addr);
+			if (listed_before(cfg->listen, cfg->nlisten, &cfg->listen[cfg->nlisten]))
+				FAIL("-L: '%s' listens where an earlier -L does", optarg);
 			cfg->nlisten++;
 			break;
 		case 'U':
@@ -605,6 +634,8 @@ int config_parse(struct config *cfg, int argc, char **argv, char *err, size_t er
 				     optarg);
 			if (v4mapped(&cfg->udp_listen[cfg->nudp], addr, sizeof(addr)))
 				FAIL("-U: '%s' is an IPv4-mapped address; use %s", optarg, addr);
+			if (listed_before(cfg->udp_listen, cfg->nudp, &cfg->udp_listen[cfg->nudp]))
+				FAIL("-U: '%s' listens where an earlier -U does", optarg);
 			cfg->nudp++;
 			break;
 		case OPT_UPSTREAM:
@@ -633,6 +664,8 @@ int config_parse(struct config *cfg, int argc, char **argv, char *err, size_t er
 			if (v4mapped(&cfg->listen[cfg->nlisten], addr, sizeof(addr)))
 				FAIL("--listen: '%s' is an IPv4-mapped address; use %s", optarg,
 				     addr);
+			if (listed_before(cfg->listen, cfg->nlisten, &cfg->listen[cfg->nlisten]))
+				FAIL("--listen: '%s' is given twice", optarg);
 			cfg->nlisten++;
 			break;
 		case 'w':

@@ -60,5 +60,12 @@ class OptionsTest(unittest.TestCase):
         self.refused(["-l", f"[::ffff:127.0.0.1]:{port}"],
                      f"is an IPv4-mapped address; use 127.0.0.1:{port}")
 
+    def test_duplicate_listen_address_exit_2(self):
+        """The same -l twice was accepted silently (SO_REUSEPORT binds it twice)."""
+        listen = f"127.0.0.1:{h.unused_port()}"
+        rc, _, err = run(["-l", listen, "-l", listen])
+        self.assertEqual(rc, 2, err)
+        self.assertEqual(err.strip(), f"ringsocks: --listen: '{listen}' is given twice")
+
 if __name__ == "__main__":
     h.main()

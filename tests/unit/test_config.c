@@ -322,6 +322,56 @@ Test(config, rejects_ipv4_mapped_listen_addresses)
 	config_free(&cfg);
 }
 
+/* SO_REUSEPORT lets the same address be bound twice without a word: the second listener
+ * would only split the clients with the first. */
+Test(config, rejects_duplicate_listen_addresses)
+{
+	static const struct {
+		int argc;
+		char *argv[10];
+		const char *want;
+	} cases[] = {
+	    {5,
+	     {"ringsocks", "-l", "127.0.0.1:1080", "-l", "127.0.0.1:1080"},
+	     "--listen: '127.0.0.1:1080' is given twice"},
+	    {7,
+	     {"ringsocks", "-l", "[::1]:1080", "-l", "127.0.0.1:1080", "--listen", "[0::1]:01080"},
+	     "--listen: '[0::1]:01080' is given twice"},
+	    {8,
+	     {"ringsocks", "tunnel", "-L", "8080:example.com:80", "-L",
+	      "127.0.0.1:8080:10.0.0.1:22", "--via", "socks5://127.0.0.1:1080"},
+	     "-L: '127.0.0.1:8080:10.0.0.1:22' listens where an earlier -L does"},
+	    {8,
+	     {"ringsocks", "tunnel", "-U", "[::1]:5353:10.0.0.1:53", "-U", "[::1]:5353:10.0.0.2:53",
+	      "--via", "socks5://127.0.0.1:1080"},
+	     "-U: '[::1]:5353:10.0.0.2:53' listens where an earlier -U does"},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct config cfg;
+		char err[256] = "";
+		char *argv[11] = {0};
+		memcpy(argv, cases[i].argv, sizeof(cases[i].argv));
+		cr_assert_eq(parse(&cfg, err, cases[i].argc, argv), -EINVAL, "case %zu", i);
+		cr_assert_not_null(strstr(err, cases[i].want), "case %zu: %s", i, err);
+		config_free(&cfg);
+	}
+	/* port 0 twice: two ports the kernel picks; other address or port, or TCP beside UDP */
+	struct config cfg;
+	char err[256] = "";
+	cr_assert_eq(parse(&cfg, err, 9,
+	                   ARGS("-l", "127.0.0.1:0", "-l", "127.0.0.1:0", "-l", "127.0.0.2:1080",
+	                        "-l", "127.0.0.1:1081")),
+	             0, "%s", err);
+	cr_assert_eq(cfg.nlisten, 4);
+	config_free(&cfg);
+	cr_assert_eq(parse(&cfg, err, 12,
+	                   ARGS("tunnel", "-L", "8080:10.0.0.1:80", "-U", "8080:10.0.0.1:53", "-L",
+	                        "127.0.0.1:0:10.0.0.1:80", "-L", "127.0.0.1:0:10.0.0.1:81", "--via",
+	                        "socks5://127.0.0.1:1080")),
+	             0, "%s", err);
+	config_free(&cfg);
+}
+
 Test(config, parses_tunnel_specs_and_upstream_urls)
 {
 	struct sockaddr_storage ss;
