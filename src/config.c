@@ -695,6 +695,10 @@ int config_parse(struct config *cfg, int argc, char **argv, char *err, size_t er
 				FAIL("--resolver: '%s' is not IP:PORT", optarg);
 			break;
 		case OPT_HS_TIMEOUT:
+			/* a tunnel's own handshake with --via counts against --connect-timeout */
+			if (cfg->mode == MODE_TUNNEL)
+				FAIL("--handshake-timeout is for server mode: a tunnel's clients "
+				     "send no SOCKS5 handshake (see --help)");
 			if (parse_seconds(optarg, &cfg->handshake_timeout) < 0)
 				FAIL("--handshake-timeout: '%s' " TIMEOUT_BAD_MSG, optarg);
 			break;
@@ -703,6 +707,9 @@ int config_parse(struct config *cfg, int argc, char **argv, char *err, size_t er
 				FAIL("--connect-timeout: '%s' " TIMEOUT_BAD_MSG, optarg);
 			break;
 		case OPT_BIND_TIMEOUT:
+			if (cfg->mode == MODE_TUNNEL)
+				FAIL("--bind-timeout is for server mode: a tunnel serves no BIND "
+				     "(see --help)");
 			if (parse_seconds(optarg, &cfg->bind_timeout) < 0)
 				FAIL("--bind-timeout: '%s' " TIMEOUT_BAD_MSG, optarg);
 			break;
@@ -712,7 +719,8 @@ int config_parse(struct config *cfg, int argc, char **argv, char *err, size_t er
 			break;
 		case OPT_BIND_PORTS:
 			if (cfg->mode == MODE_TUNNEL)
-				FAIL("--bind-ports is for server mode");
+				FAIL("--bind-ports is for server mode: a tunnel serves no BIND "
+				     "(see --help)");
 			if (parse_port_range(optarg, cfg) < 0)
 				FAIL("--bind-ports: '%s' is not LOW-HIGH (ports 1-65535)", optarg);
 			break;

@@ -561,6 +561,45 @@ Test(config, tunnel_udp_ports)
 	config_free(&cfg);
 }
 
+/* A tunnel's clients send no SOCKS5 handshake (the tunnel's own handshake with --via counts
+ * against --connect-timeout) and ask for no BIND: these options would do nothing there. */
+Test(config, tunnel_refuses_the_options_it_has_no_use_for)
+{
+	static const char *opts[][2] = {
+	    {"--handshake-timeout", "5"},
+	    {"--bind-timeout", "5"},
+	    {"--bind-ports", "40000-40009"},
+	};
+	for (size_t i = 0; i < sizeof(opts) / sizeof(opts[0]); i++) {
+		struct config cfg;
+		char err[256] = "", want[64];
+		cr_assert_eq(
+		    parse(&cfg, err, 8,
+		          ARGS("tunnel", "-L", "8080:example.com:80", "--via",
+		               "socks5://127.0.0.1:1080", (char *)opts[i][0], (char *)opts[i][1])),
+		    -EINVAL, "%s", opts[i][0]);
+		snprintf(want, sizeof(want), "%s is for server mode: ", opts[i][0]);
+		cr_assert_eq(strncmp(err, want, strlen(want)), 0, "%s", err);
+		cr_assert_null(strchr(err, '\n'));
+		config_free(&cfg);
+		cr_assert_eq(parse(&cfg, err, 3, ARGS((char *)opts[i][0], (char *)opts[i][1])), 0,
+		             "%s", err);
+		config_free(&cfg);
+	}
+	/* the ones a tunnel uses */
+	struct config cfg;
+	char err[256] = "";
+	cr_assert_eq(
+	    parse(&cfg, err, 14,
+	          ARGS("tunnel", "-U", "5353:10.0.0.1:53", "--via", "socks5://proxy.example:1080",
+	               "--connect-timeout", "3", "--udp-idle-timeout", "4", "--resolver",
+	               "127.0.0.1", "--max-conns", "10")),
+	    0, "%s", err);
+	cr_assert_float_eq(cfg.connect_timeout, 3.0, 1e-9);
+	cr_assert_float_eq(cfg.udp_idle_timeout, 4.0, 1e-9);
+	config_free(&cfg);
+}
+
 Test(config, congestion)
 {
 	struct config cfg;
