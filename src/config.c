@@ -16,7 +16,8 @@
 
 static const char usage[] =
     "usage: ringsocks [options]\n"
-    "A SOCKS5 proxy on io_uring (RFC 1928 CONNECT, RFC 1929 username/password).\n"
+    "A SOCKS5 proxy on io_uring (RFC 1928 CONNECT, BIND and UDP ASSOCIATE; RFC 1929\n"
+    "username/password).\n"
     "\n"
     "  -l, --listen ADDR:PORT      listen address, repeatable; IPv6 as [::1]:1080\n"
     "                              (default " DEFAULT_LISTEN ")\n"
@@ -38,7 +39,8 @@ static const char usage[] =
     "                              without datagrams (default 120)\n"
     "      --upstream URL          forwarder mode: send every request unchanged through\n"
     "                              the SOCKS5 proxy socks5://[USER:PASS@]HOST:PORT;\n"
-    "                              repeatable (round-robin with failover)\n"
+    "                              repeatable (round-robin with failover); socks5h:// is\n"
+    "                              the same (names in requests always go to the proxy)\n"
     "      --relay MODE            how bytes move after the handshake: splice (splice(2)\n"
     "                              from the loop on readiness), splice-sqe (splice SQEs),\n"
     "                              copy (recv into a buffer ring, then send),\n"
@@ -73,7 +75,8 @@ static const char usage[] =
     "                              sender gets its own UDP ASSOCIATE through the proxy and\n"
     "                              the answers back; same SPEC syntax as -L\n"
     "      --via URL               the proxy, socks5://[USER:PASS@]HOST:PORT; repeatable\n"
-    "                              (failover)\n"
+    "                              (failover); socks5h:// is the same (a DEST_HOST name\n"
+    "                              always goes to the proxy)\n"
     "  -w, --cpus, --resolver, --connect-timeout, --max-conns, --udp-idle-timeout, --relay,\n"
     "  --pipes, --relay-memory, --congestion, -v\n"
     "                              as above\n";

@@ -2,6 +2,7 @@
 used to be accepted, or to fail only at start-up with another exit code."""
 
 import os
+import re
 import subprocess
 import sys
 import unittest
@@ -66,6 +67,19 @@ class OptionsTest(unittest.TestCase):
         rc, _, err = run(["-l", listen, "-l", listen])
         self.assertEqual(rc, 2, err)
         self.assertEqual(err.strip(), f"ringsocks: --listen: '{listen}' is given twice")
+
+    def test_help_names_every_command_and_socks5h(self):
+        """--help's summary named only CONNECT though BIND and UDP ASSOCIATE are served, and
+        socks5h://, which --upstream and --via accept, was not mentioned."""
+        rc, out, err = run(["--help"])
+        self.assertEqual(rc, 0, err)
+        summary = out.split("\n\n")[0].split("\n", 1)[1]  # after the usage line
+        for what in ("RFC 1928", "CONNECT", "BIND", "UDP ASSOCIATE", "RFC 1929"):
+            self.assertIn(what, summary)
+        for opt in ("--upstream URL", "--via URL"):
+            # the option's own lines: up to the next line that starts with an option
+            block = re.split(r"\n {2,6}-", re.split(rf"\n +{opt} ", out, 1)[1])[0]
+            self.assertIn("socks5h://", block, f"{opt}:\n{block}")
 
 if __name__ == "__main__":
     h.main()
