@@ -81,5 +81,24 @@ class OptionsTest(unittest.TestCase):
             block = re.split(r"\n {2,6}-", re.split(rf"\n +{opt} ", out, 1)[1])[0]
             self.assertIn("socks5h://", block, f"{opt}:\n{block}")
 
+
+class TuneScriptTest(unittest.TestCase):
+    def test_help_prints_exactly_the_header_comment(self):
+        """scripts/tune.sh --help printed a fixed range of its own lines, which had come to
+        include its 'set -uo pipefail'."""
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts",
+                              "tune.sh")
+        with open(script) as f:
+            lines = f.read().splitlines()[1:]  # after the #! line
+        header = []
+        for line in lines:
+            if not line.startswith("#"):
+                break
+            header.append(re.sub(r"^# ?", "", line))
+        r = subprocess.run(["bash", script, "--help"], capture_output=True, text=True, timeout=10)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout.splitlines(), header)
+        self.assertTrue(header[0].startswith("Shows the kernel settings"), header)
+
 if __name__ == "__main__":
     h.main()
