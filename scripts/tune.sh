@@ -12,7 +12,9 @@ APPLY=0
 case "${1:-}" in
   --apply) APPLY=1 ;;
   ""|--print) ;;
-  -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  # the comment block under the #! line, however many lines it has (a fixed range of lines
+  # had come to include the set line)
+  -h|--help) awk 'NR == 1 { next } !/^#/ { exit } { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
   *) echo "usage: scripts/tune.sh [--apply]" >&2; exit 2 ;;
 esac
 

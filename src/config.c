@@ -6,6 +6,7 @@
 #include <getopt.h>
 #include <math.h>
 #include <netinet/in.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,7 +16,8 @@
 
 static const char usage[] =
     "usage: ringsocks [options]\n"
-    "A SOCKS5 proxy on io_uring (RFC 1928 CONNECT, RFC 1929 username/password).\n"
+    "A SOCKS5 proxy on io_uring (RFC 1928 CONNECT, BIND and UDP ASSOCIATE; RFC 1929\n"
+    "username/password).\n"
     "\n"
     "  -l, --listen ADDR:PORT      listen address, repeatable; IPv6 as [::1]:1080\n"
     "                              (default " DEFAULT_LISTEN ")\n"
@@ -37,7 +39,8 @@ static const char usage[] =
     "                              without datagrams (default 120)\n"
     "      --upstream URL          forwarder mode: send every request unchanged through\n"
     "                              the SOCKS5 proxy socks5://[USER:PASS@]HOST:PORT;\n"
-    "                              repeatable (round-robin with failover)\n"
+    "                              repeatable (round-robin with failover); socks5h:// is\n"
+    "                              the same (names in requests always go to the proxy)\n"
     "      --relay MODE            how bytes move after the handshake: splice (splice(2)\n"
     "                              from the loop on readiness), splice-sqe (splice SQEs),\n"
     "                              copy (recv into a buffer ring, then send),\n"
@@ -72,7 +75,8 @@ static const char usage[] =
     "                              sender gets its own UDP ASSOCIATE through the proxy and\n"
     "                              the answers back; same SPEC syntax as -L\n"
     "      --via URL               the proxy, socks5://[USER:PASS@]HOST:PORT; repeatable\n"
-    "                              (failover)\n"
+    "                              (failover); socks5h:// is the same (a DEST_HOST name\n"
+    "                              always goes to the proxy)\n"
     "  -w, --cpus, --resolver, --connect-timeout, --max-conns, --udp-idle-timeout, --relay,\n"
     "  --pipes, --relay-memory, --congestion, -v\n"
     "                              as above\n";
@@ -120,13 +124,30 @@ static const struct option long_opts[] = {
     {NULL, 0, NULL, 0},
 };
 
+/* A port: 1-5 decimal digits, nothing else (no sign, no blanks), up to 65535. */
+static int parse_port(const char *s, size_t n, int allow_zero, uint16_t *port)
+{
+	long v = 0;
+
+	if (n == 0 || n > 5)
+		return -EINVAL;
+	for (size_t i = 0; i < n; i++) {
+		if (s[i] < '0' || s[i] > '9')
+			return -EINVAL;
+		v = v * 10 + (s[i] - '0');
+	}
+	if (v > 65535 || (v == 0 && !allow_zero))
+		return -EINVAL;
+	*port = (uint16_t)v;
+	return 0;
+}
+
 int config_parse_hostport(const char *s, struct sockaddr_storage *ss, socklen_t *len)
 {
 	char host[INET6_ADDRSTRLEN + 2];
 	const char *colon, *h;
 	size_t hlen;
-	char *end;
-	long port;
+	uint16_t port;
 
 	memset(ss, 0, sizeof(*ss));
 	if (s[0] == '[') {
@@ -147,22 +168,20 @@ int config_parse_hostport(const char *s, struct sockaddr_storage *ss, socklen_t 
 		return -EINVAL;
 	memcpy(host, h, hlen);
 	host[hlen] = '\0';
-	errno = 0;
-	port = strtol(colon + 1, &end, 10);
-	if (errno || end == colon + 1 || *end || port < 0 || port > 65535)
+	if (parse_port(colon + 1, strlen(colon + 1), 1, &port) < 0)
 		return -EINVAL;
 
 	struct sockaddr_in *in4 = (struct sockaddr_in *)ss;
 	struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
 	if (s[0] != '[' && inet_pton(AF_INET, host, &in4->sin_addr) == 1) {
 		in4->sin_family = AF_INET;
-		in4->sin_port = htons((uint16_t)port);
+		in4->sin_port = htons(port);
 		*len = sizeof(*in4);
 		return 0;
 	}
 	if (s[0] == '[' && inet_pton(AF_INET6, host, &in6->sin6_addr) == 1) {
 		in6->sin6_family = AF_INET6;
-		in6->sin6_port = htons((uint16_t)port);
+		in6->sin6_port = htons(port);
 		*len = sizeof(*in6);
 		return 0;
 	}
@@ -182,6 +201,12 @@ static int parse_long(const char *s, long lo, long hi, long *out)
 	return 0;
 }
 
+/* A timeout in seconds. The workers' timers count whole milliseconds (rounded to the nearest),
+ * so less than one would round to 0 and expire at once: 1e-9 closed every client. */
+#define TIMEOUT_MIN_S   0.001
+#define TIMEOUT_MAX_S   (86400.0 * 365)
+#define TIMEOUT_BAD_MSG "is not a number of seconds from 0.001 to 31536000"
+
 static int parse_seconds(const char *s, double *out)
 {
 	char *end;
@@ -189,7 +214,7 @@ static int parse_seconds(const char *s, double *out)
 
 	errno = 0;
 	v = strtod(s, &end);
-	if (errno || end == s || *end || !isfinite(v) || v <= 0 || v > 86400 * 365)
+	if (errno || end == s || *end || !isfinite(v) || v < TIMEOUT_MIN_S || v > TIMEOUT_MAX_S)
 		return -EINVAL;
 	*out = v;
 	return 0;
@@ -199,54 +224,87 @@ static int parse_seconds(const char *s, double *out)
 static int parse_port_range(const char *s, struct config *cfg)
 {
 	const char *dash = strchr(s, '-');
-	char lo[8];
-	long a, b;
+	uint16_t a, b;
 
-	if (!dash || (size_t)(dash - s) >= sizeof(lo))
+	if (!dash || parse_port(s, (size_t)(dash - s), 0, &a) < 0 ||
+	    parse_port(dash + 1, strlen(dash + 1), 0, &b) < 0 || b < a)
 		return -EINVAL;
-	memcpy(lo, s, (size_t)(dash - s));
-	lo[dash - s] = '\0';
-	if (parse_long(lo, 1, 65535, &a) < 0 || parse_long(dash + 1, 1, 65535, &b) < 0 || b < a)
-		return -EINVAL;
-	cfg->bind_port_lo = (uint16_t)a;
-	cfg->bind_port_hi = (uint16_t)b;
+	cfg->bind_port_lo = a;
+	cfg->bind_port_hi = b;
 	return 0;
 }
 
-/* "0,2,4-7" -> cpus[]. */
+/* A CPU number: decimal digits only (strtol would take " 1", "+1" and "0x1"). */
+static int parse_cpu_number(const char **p, long *out)
+{
+	long v = 0;
+	int n = 0;
+
+	for (; **p >= '0' && **p <= '9'; (*p)++, n++) {
+		v = v * 10 + (**p - '0');
+		if (v >= CONFIG_MAX_CPUS)
+			return -EINVAL;
+	}
+	if (n == 0)
+		return -EINVAL;
+	*out = v;
+	return 0;
+}
+
+/* "0,2,4-7" -> cpus[]: CPU numbers and ranges, each comma followed by another. */
 static int parse_cpus(const char *s, struct config *cfg)
 {
 	const char *p = s;
 
 	cfg->ncpus = 0;
-	while (*p) {
-		char *end;
+	for (;;) {
 		long a, b;
 
-		errno = 0;
-		a = strtol(p, &end, 10);
-		if (errno || end == p || a < 0 || a >= CONFIG_MAX_CPUS)
+		if (parse_cpu_number(&p, &a) < 0)
 			return -EINVAL;
 		b = a;
-		p = end;
 		if (*p == '-') {
 			p++;
-			b = strtol(p, &end, 10);
-			if (errno || end == p || b < a || b >= CONFIG_MAX_CPUS)
+			if (parse_cpu_number(&p, &b) < 0 || b < a)
 				return -EINVAL;
-			p = end;
 		}
 		for (long c = a; c <= b; c++) {
 			if (cfg->ncpus == CONFIG_MAX_CPUS)
 				return -EINVAL;
 			cfg->cpus[cfg->ncpus++] = (int)c;
 		}
-		if (*p == ',')
-			p++;
-		else if (*p)
+		if (*p == '\0')
+			return 0;
+		if (*p++ != ',')
 			return -EINVAL;
 	}
-	return cfg->ncpus ? 0 : -EINVAL;
+}
+
+/* The first CPU of cfg->cpus the process may not run on (a worker pinned there would fail at
+ * start-up), or -1; allowed gets the allowed set as a list ("0-1"). A machine with more CPUs
+ * than a cpu_set_t holds makes sched_getaffinity fail: the start-up then tells instead. */
+static int cpus_not_allowed(const struct config *cfg, char *allowed, size_t cap)
+{
+	cpu_set_t set;
+	size_t o = 0;
+
+	allowed[0] = '\0';
+	if (sched_getaffinity(0, sizeof(set), &set) < 0)
+		return -1;
+	for (int c = 0; c < CPU_SETSIZE && o < cap; c++) {
+		int last = c;
+		if (!CPU_ISSET(c, &set))
+			continue;
+		while (last + 1 < CPU_SETSIZE && CPU_ISSET(last + 1, &set))
+			last++;
+		o += (size_t)snprintf(allowed + o, cap - o, last > c ? "%s%d-%d" : "%s%d",
+		                      o ? "," : "", c, last);
+		c = last;
+	}
+	for (int i = 0; i < cfg->ncpus; i++)
+		if (!CPU_ISSET(cfg->cpus[i], &set))
+			return cfg->cpus[i];
+	return -1;
 }
 
 static int add_user(struct config *cfg, const char *s)
@@ -358,23 +416,6 @@ static const char *port_colon(const char *s, size_t n)
 	return NULL;
 }
 
-static int parse_port(const char *s, size_t n, int allow_zero, uint16_t *port)
-{
-	long v = 0;
-
-	if (n == 0 || n > 5)
-		return -EINVAL;
-	for (size_t i = 0; i < n; i++) {
-		if (s[i] < '0' || s[i] > '9')
-			return -EINVAL;
-		v = v * 10 + (s[i] - '0');
-	}
-	if (v > 65535 || (v == 0 && !allow_zero))
-		return -EINVAL;
-	*port = (uint16_t)v;
-	return 0;
-}
-
 static int hexval(char ch)
 {
 	if (ch >= '0' && ch <= '9')
@@ -479,9 +520,66 @@ int config_parse_tunnel(const char *spec, struct sockaddr_storage *ss, socklen_t
 	return config_parse_hostport(bind, ss, len);
 }
 
+/* An IPv4-mapped IPv6 address ([::ffff:A.B.C.D]) to listen on: every listening socket is
+ * IPv6-only (so [::] and 0.0.0.0 can both be given), and bind(2) refuses a mapped address on
+ * one with a bare EINVAL at start-up. Returns 1 and writes "A.B.C.D:PORT" to use instead. */
+static int v4mapped(const struct sockaddr_storage *ss, char *buf, size_t cap)
+{
+	const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+	char host[INET_ADDRSTRLEN];
+
+	if (ss->ss_family != AF_INET6 || !IN6_IS_ADDR_V4MAPPED(&a->sin6_addr))
+		return 0;
+	inet_ntop(AF_INET, &a->sin6_addr.s6_addr[12], host, sizeof(host));
+	snprintf(buf, cap, "%s:%u", host, ntohs(a->sin6_port));
+	return 1;
+}
+
+/* Whether ss is already in list[0..n): same family, address and port. SO_REUSEPORT lets the
+ * same address be bound twice without an error, and the second socket would only split the
+ * clients with the first. Port 0 is never a duplicate: each asks the kernel for a port. */
+static int listed_before(const struct sockaddr_storage *list, int n,
+                         const struct sockaddr_storage *ss)
+{
+	for (int i = 0; i < n; i++) {
+		const struct sockaddr_storage *o = &list[i];
+		if (o->ss_family != ss->ss_family)
+			continue;
+		if (ss->ss_family == AF_INET) {
+			const struct sockaddr_in *a = (const struct sockaddr_in *)o;
+			const struct sockaddr_in *b = (const struct sockaddr_in *)ss;
+			if (b->sin_port && a->sin_port == b->sin_port &&
+			    a->sin_addr.s_addr == b->sin_addr.s_addr)
+				return 1;
+		} else {
+			const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)o;
+			const struct sockaddr_in6 *b = (const struct sockaddr_in6 *)ss;
+			if (b->sin6_port && a->sin6_port == b->sin6_port &&
+			    IN6_ARE_ADDR_EQUAL(&a->sin6_addr, &b->sin6_addr))
+				return 1;
+		}
+	}
+	return 0;
+}
+
+/* The option getopt_long just refused, as written. Inside a bundle of short options ("-xv")
+ * getopt has not moved optind past the bundle, so argv[optind - 1] may be the argument before
+ * it: a short option is named by optopt. A long option ("--NAME", never bundled) is the whole
+ * argument the call stepped past. */
+static void refused_option(char **argv, int optind_before, char *buf, size_t cap)
+{
+	if (optind > optind_before && strncmp(argv[optind - 1], "--", 2) == 0)
+		snprintf(buf, cap, "%s", argv[optind - 1]);
+	else if (optopt > ' ' && optopt < 127)
+		snprintf(buf, cap, "-%c", optopt);
+	else
+		snprintf(buf, cap, "-\\x%02x", (unsigned)optopt & 0xff);
+}
+
 int config_parse(struct config *cfg, int argc, char **argv, char *err, size_t errlen)
 {
-	int opt;
+	int opt, optind_before;
+	char optname[64], cpulist[64], addr[INET6_ADDRSTRLEN + 8];
 	long v;
 
 	memset(cfg, 0, sizeof(*cfg));
@@ -493,7 +591,9 @@ int config_parse(struct config *cfg, int argc, char **argv, char *err, size_t er
 	cfg->bind_timeout = 60;
 	cfg->udp_idle_timeout = 120;
 	opterr = 0;
-	optind = 1;
+	/* 0, not 1: glibc then also forgets where it was inside a bundle of short options, which
+	 * an earlier call (a test's) that failed mid-bundle would otherwise resume from */
+	optind = 0;
 	if (argc > 1 && strcmp(argv[1], "tunnel") == 0) {
 		cfg->mode = MODE_TUNNEL;
 		argv++;
@@ -506,7 +606,8 @@ int config_parse(struct config *cfg, int argc, char **argv, char *err, size_t er
 		return -EINVAL;                                                                    \
 	} while (0)
 
-	while ((opt = getopt_long(argc, argv, ":l:L:U:w:vh", long_opts, NULL)) != -1) {
+	while ((optind_before = optind),
+	       (opt = getopt_long(argc, argv, ":l:L:U:w:vh", long_opts, NULL)) != -1) {
 		switch (opt) {
 		case 'L':
 			if (cfg->mode != MODE_TUNNEL)
@@ -518,6 +619,10 @@ int config_parse(struct config *cfg, int argc, char **argv, char *err, size_t er
 			                        &cfg->tunnel_dst[cfg->nlisten]) < 0)
 				FAIL("-L: '%s' is not [BIND_ADDR:]PORT:DEST_HOST:DEST_PORT",
 				     optarg);
+			if (v4mapped(&cfg->listen[cfg->nlisten], addr, sizeof(addr)))
+				FAIL("-L: '%s' is an IPv4-mapped address; use %s", optarg, addr);
+			if (listed_before(cfg->listen, cfg->nlisten, &cfg->listen[cfg->nlisten]))
+				FAIL("-L: '%s' listens where an earlier -L does", optarg);
 			cfg->nlisten++;
 			break;
 		case 'U':
@@ -530,6 +635,10 @@ int config_parse(struct config *cfg, int argc, char **argv, char *err, size_t er
 			                        &cfg->udp_dst[cfg->nudp]) < 0)
 				FAIL("-U: '%s' is not [BIND_ADDR:]PORT:DEST_HOST:DEST_PORT",
 				     optarg);
+			if (v4mapped(&cfg->udp_listen[cfg->nudp], addr, sizeof(addr)))
+				FAIL("-U: '%s' is an IPv4-mapped address; use %s", optarg, addr);
+			if (listed_before(cfg->udp_listen, cfg->nudp, &cfg->udp_listen[cfg->nudp]))
+				FAIL("-U: '%s' listens where an earlier -U does", optarg);
 			cfg->nudp++;
 			break;
 		case OPT_UPSTREAM:
@@ -555,6 +664,11 @@ int config_parse(struct config *cfg, int argc, char **argv, char *err, size_t er
 			                          &cfg->listen_len[cfg->nlisten]) < 0)
 				FAIL("--listen: '%s' is not ADDR:PORT (IPv6 as [ADDR]:PORT)",
 				     optarg);
+			if (v4mapped(&cfg->listen[cfg->nlisten], addr, sizeof(addr)))
+				FAIL("--listen: '%s' is an IPv4-mapped address; use %s", optarg,
+				     addr);
+			if (listed_before(cfg->listen, cfg->nlisten, &cfg->listen[cfg->nlisten]))
+				FAIL("--listen: '%s' is given twice", optarg);
 			cfg->nlisten++;
 			break;
 		case 'w':
@@ -565,6 +679,10 @@ int config_parse(struct config *cfg, int argc, char **argv, char *err, size_t er
 		case OPT_CPUS:
 			if (parse_cpus(optarg, cfg) < 0)
 				FAIL("--cpus: '%s' is not a CPU list like 0,1 or 0-3", optarg);
+			if ((v = cpus_not_allowed(cfg, cpulist, sizeof(cpulist))) >= 0)
+				FAIL("--cpus: CPU %ld is not one this process may run on (allowed: "
+				     "%s)",
+				     v, cpulist);
 			break;
 		case OPT_USER:
 			if (cfg->mode == MODE_TUNNEL)
@@ -580,29 +698,32 @@ int config_parse(struct config *cfg, int argc, char **argv, char *err, size_t er
 				FAIL("--resolver: '%s' is not IP:PORT", optarg);
 			break;
 		case OPT_HS_TIMEOUT:
+			/* a tunnel's own handshake with --via counts against --connect-timeout */
+			if (cfg->mode == MODE_TUNNEL)
+				FAIL("--handshake-timeout is for server mode: a tunnel's clients "
+				     "send no SOCKS5 handshake (see --help)");
 			if (parse_seconds(optarg, &cfg->handshake_timeout) < 0)
-				FAIL(
-				    "--handshake-timeout: '%s' is not a positive number of seconds",
-				    optarg);
+				FAIL("--handshake-timeout: '%s' " TIMEOUT_BAD_MSG, optarg);
 			break;
 		case OPT_CONN_TIMEOUT:
 			if (parse_seconds(optarg, &cfg->connect_timeout) < 0)
-				FAIL("--connect-timeout: '%s' is not a positive number of seconds",
-				     optarg);
+				FAIL("--connect-timeout: '%s' " TIMEOUT_BAD_MSG, optarg);
 			break;
 		case OPT_BIND_TIMEOUT:
+			if (cfg->mode == MODE_TUNNEL)
+				FAIL("--bind-timeout is for server mode: a tunnel serves no BIND "
+				     "(see --help)");
 			if (parse_seconds(optarg, &cfg->bind_timeout) < 0)
-				FAIL("--bind-timeout: '%s' is not a positive number of seconds",
-				     optarg);
+				FAIL("--bind-timeout: '%s' " TIMEOUT_BAD_MSG, optarg);
 			break;
 		case OPT_UDP_IDLE:
 			if (parse_seconds(optarg, &cfg->udp_idle_timeout) < 0)
-				FAIL("--udp-idle-timeout: '%s' is not a positive number of seconds",
-				     optarg);
+				FAIL("--udp-idle-timeout: '%s' " TIMEOUT_BAD_MSG, optarg);
 			break;
 		case OPT_BIND_PORTS:
 			if (cfg->mode == MODE_TUNNEL)
-				FAIL("--bind-ports is for server mode");
+				FAIL("--bind-ports is for server mode: a tunnel serves no BIND "
+				     "(see --help)");
 			if (parse_port_range(optarg, cfg) < 0)
 				FAIL("--bind-ports: '%s' is not LOW-HIGH (ports 1-65535)", optarg);
 			break;
@@ -658,9 +779,11 @@ int config_parse(struct config *cfg, int argc, char **argv, char *err, size_t er
 			printf("ringsocks %s\n", RINGSOCKS_VERSION);
 			return 1;
 		case ':':
-			FAIL("option '%s' needs a value (see --help)", argv[optind - 1]);
+			refused_option(argv, optind_before, optname, sizeof(optname));
+			FAIL("option '%s' needs a value (see --help)", optname);
 		default:
-			FAIL("unknown option '%s' (see --help)", argv[optind - 1]);
+			refused_option(argv, optind_before, optname, sizeof(optname));
+			FAIL("unknown option '%s' (see --help)", optname);
 		}
 	}
 	if (optind < argc)

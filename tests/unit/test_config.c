@@ -2,6 +2,7 @@
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <sched.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -14,6 +15,15 @@ static int parse(struct config *cfg, char *err, int argc, char **argv)
 
 #define ARGS(...)  ((char *[]){"ringsocks", __VA_ARGS__, NULL})
 #define NARGS(...) ((int)(sizeof((char *[]){"ringsocks", __VA_ARGS__}) / sizeof(char *)))
+
+/* --cpus takes only CPUs the process may run on: tests that pin to 0 and 1 need both. */
+static void skip_unless_cpus_0_and_1(void)
+{
+	cpu_set_t set;
+	if (sched_getaffinity(0, sizeof(set), &set) < 0 || !CPU_ISSET(0, &set) ||
+	    !CPU_ISSET(1, &set))
+		cr_skip_test("needs CPUs 0 and 1");
+}
 
 Test(config, defaults_listen_on_localhost_1080)
 {
@@ -38,6 +48,7 @@ Test(config, defaults_listen_on_localhost_1080)
 
 Test(config, parses_every_flag)
 {
+	skip_unless_cpus_0_and_1();
 	struct config cfg;
 	char err[256];
 	char **argv = ARGS("-l", "[::1]:1081", "--listen", "127.0.0.2:9", "-w", "2", "--cpus",
@@ -130,8 +141,38 @@ Test(config, rejects_unknown_flag_missing_value_and_stray_argument)
 	config_free(&cfg);
 }
 
+/* getopt does not move optind past a bundle of short options ("-xv") until its last one:
+ * the error must name the option itself, not the argument before the bundle. */
+Test(config, names_the_refused_option_inside_a_bundle)
+{
+	static const struct {
+		int argc;
+		char *argv[4];
+		const char *want;
+	} cases[] = {
+	    {2, {"ringsocks", "-xv"}, "unknown option '-x'"},
+	    {2, {"ringsocks", "-vx"}, "unknown option '-x'"},
+	    {3, {"ringsocks", "tunnel", "-xv"}, "unknown option '-x'"},
+	    {3, {"ringsocks", "--listen=127.0.0.1:1", "-vxv"}, "unknown option '-x'"},
+	    {2, {"ringsocks", "-vl"}, "option '-l' needs a value"},
+	    {3, {"ringsocks", "tunnel", "-vL"}, "option '-L' needs a value"},
+	    {3, {"ringsocks", "-v", "--listen"}, "option '--listen' needs a value"},
+	    {3, {"ringsocks", "-v", "--bogus=1"}, "unknown option '--bogus=1'"},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct config cfg;
+		char err[256] = "";
+		char *argv[5] = {0};
+		memcpy(argv, cases[i].argv, sizeof(cases[i].argv));
+		cr_assert_eq(parse(&cfg, err, cases[i].argc, argv), -EINVAL, "case %zu", i);
+		cr_assert_not_null(strstr(err, cases[i].want), "case %zu: %s", i, err);
+		config_free(&cfg);
+	}
+}
+
 Test(config, cpus_fewer_than_workers_is_an_error)
 {
+	skip_unless_cpus_0_and_1();
 	struct config cfg;
 	char err[256];
 	cr_assert_eq(parse(&cfg, err, 5, ARGS("-w", "3", "--cpus", "0,1")), -EINVAL);
@@ -139,6 +180,195 @@ Test(config, cpus_fewer_than_workers_is_an_error)
 	config_free(&cfg);
 	cr_assert_eq(parse(&cfg, err, 3, ARGS("--cpus", "1")), 0);
 	cr_assert_eq(cfg.workers, 1, "workers default to the pinned CPUs");
+	config_free(&cfg);
+}
+
+Test(config, rejects_malformed_cpu_lists)
+{
+	static const char *bad[] = {"0,", ",0", "0,,1", "0-",  "-1",  "0-1-",
+	                            " 0", "+0", "0 ",   "0x1", "1023"}; /* 1023: not a CPU this test
+	                                                                   may run on, presumably */
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		struct config cfg;
+		char err[256] = "";
+		cr_assert_eq(parse(&cfg, err, 3, ARGS("--cpus", (char *)bad[i])), -EINVAL, "'%s'",
+		             bad[i]);
+		cr_assert_not_null(strstr(err, "--cpus"), "%s", err);
+		config_free(&cfg);
+	}
+}
+
+/* A CPU the process may not run on used to pass the parser and fail the start (exit 1). */
+Test(config, rejects_cpus_outside_the_allowed_set)
+{
+	struct config cfg;
+	char err[256] = "";
+	cpu_set_t set;
+	int first = -1, outside = -1;
+
+	cr_assert_eq(sched_getaffinity(0, sizeof(set), &set), 0);
+	for (int c = 0; c < CONFIG_MAX_CPUS && (first < 0 || outside < 0); c++) {
+		if (CPU_ISSET(c, &set) && first < 0)
+			first = c;
+		if (!CPU_ISSET(c, &set) && outside < 0)
+			outside = c;
+	}
+	cr_assert_geq(first, 0);
+	cr_assert_geq(outside, 0, "every CPU up to %d allowed", CONFIG_MAX_CPUS - 1);
+	char list[32];
+	snprintf(list, sizeof(list), "%d,%d", first, outside);
+	cr_assert_eq(parse(&cfg, err, 5, ARGS("--cpus", list, "-w", "1")), -EINVAL, "%s", list);
+	char want[64];
+	snprintf(want, sizeof(want), "--cpus: CPU %d is not one this process may run on", outside);
+	cr_assert_not_null(strstr(err, want), "%s", err);
+	config_free(&cfg);
+	snprintf(list, sizeof(list), "%d", first);
+	cr_assert_eq(parse(&cfg, err, 3, ARGS("--cpus", list)), 0, "%s", err);
+	cr_assert_eq(cfg.cpus[0], first);
+	config_free(&cfg);
+}
+
+/* Ports are decimal digits, 0-65535, nothing around them: strtol took " 7101" and "+7101". */
+Test(config, ports_are_plain_decimal_digits)
+{
+	static const char *bad_ports[] = {" 7101", "+7101", "7101 ", "-0",
+	                                  "0x50",  "",      "65536", "\t80"};
+	struct sockaddr_storage ss;
+	socklen_t len;
+	struct socks5_addr dst;
+	struct config_upstream u;
+	char buf[96];
+
+	for (size_t i = 0; i < sizeof(bad_ports) / sizeof(bad_ports[0]); i++) {
+		const char *p = bad_ports[i];
+		struct config cfg;
+		char err[256] = "";
+
+		snprintf(buf, sizeof(buf), "127.0.0.1:%s", p);
+		cr_assert_lt(config_parse_hostport(buf, &ss, &len), 0, "'%s'", buf);
+		snprintf(buf, sizeof(buf), "[::1]:%s", p);
+		cr_assert_lt(config_parse_hostport(buf, &ss, &len), 0, "'%s'", buf);
+		snprintf(buf, sizeof(buf), "127.0.0.1:%s:example.com:80", p);
+		cr_assert_lt(config_parse_tunnel(buf, &ss, &len, &dst), 0, "'%s'", buf);
+		snprintf(buf, sizeof(buf), "%s:example.com:80", p);
+		cr_assert_lt(config_parse_tunnel(buf, &ss, &len, &dst), 0, "'%s'", buf);
+		snprintf(buf, sizeof(buf), "8080:example.com:%s", p);
+		cr_assert_lt(config_parse_tunnel(buf, &ss, &len, &dst), 0, "'%s'", buf);
+		snprintf(buf, sizeof(buf), "socks5://127.0.0.1:%s", p);
+		cr_assert_lt(config_parse_upstream(buf, &u), 0, "'%s'", buf);
+		snprintf(buf, sizeof(buf), "127.0.0.1:%s", p);
+		cr_assert_eq(parse(&cfg, err, 3, ARGS("--resolver", buf)), -EINVAL, "'%s'", buf);
+		cr_assert_not_null(strstr(err, "--resolver"), "%s", err);
+		config_free(&cfg);
+		snprintf(buf, sizeof(buf), "%s-9000", p);
+		cr_assert_eq(parse(&cfg, err, 3, ARGS("--bind-ports", buf)), -EINVAL, "'%s'", buf);
+		cr_assert_not_null(strstr(err, "--bind-ports"), "%s", err);
+		config_free(&cfg);
+		snprintf(buf, sizeof(buf), "8000-%s", p);
+		cr_assert_eq(parse(&cfg, err, 3, ARGS("--bind-ports", buf)), -EINVAL, "'%s'", buf);
+		config_free(&cfg);
+	}
+	cr_assert_eq(config_parse_hostport("127.0.0.1:65535", &ss, &len), 0);
+	cr_assert_eq(ntohs(((struct sockaddr_in *)&ss)->sin_port), 65535);
+	cr_assert_eq(config_parse_hostport("[::1]:0", &ss, &len), 0, "port 0: the kernel picks");
+	cr_assert_eq(config_parse_hostport("127.0.0.1:08080", &ss, &len), 0);
+	cr_assert_eq(ntohs(((struct sockaddr_in *)&ss)->sin_port), 8080);
+}
+
+/* Listeners set IPV6_V6ONLY, so bind(2) refuses an IPv4-mapped address (EINVAL at start-up,
+ * exit 1): the parser refuses it and names the IPv4 address to use instead. */
+Test(config, rejects_ipv4_mapped_listen_addresses)
+{
+	static const struct {
+		int argc;
+		char *argv[8];
+		const char *want;
+	} cases[] = {
+	    {3,
+	     {"ringsocks", "-l", "[::ffff:127.0.0.1]:7101"},
+	     "--listen: '[::ffff:127.0.0.1]:7101' is an IPv4-mapped address; use 127.0.0.1:7101"},
+	    {3,
+	     {"ringsocks", "-l", "[::FFFF:7f00:2]:0"},
+	     "--listen: '[::FFFF:7f00:2]:0' is an IPv4-mapped address; use 127.0.0.2:0"},
+	    {6,
+	     {"ringsocks", "tunnel", "-L", "[::ffff:10.0.0.1]:8080:example.com:80", "--via",
+	      "socks5://127.0.0.1:1080"},
+	     "-L: '[::ffff:10.0.0.1]:8080:example.com:80' is an IPv4-mapped address; use "
+	     "10.0.0.1:8080"},
+	    {6,
+	     {"ringsocks", "tunnel", "-U", "[::ffff:10.0.0.1]:5353:10.0.0.2:53", "--via",
+	      "socks5://127.0.0.1:1080"},
+	     "-U: '[::ffff:10.0.0.1]:5353:10.0.0.2:53' is an IPv4-mapped address; use "
+	     "10.0.0.1:5353"},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct config cfg;
+		char err[256] = "";
+		char *argv[9] = {0};
+		memcpy(argv, cases[i].argv, sizeof(cases[i].argv));
+		cr_assert_eq(parse(&cfg, err, cases[i].argc, argv), -EINVAL, "case %zu", i);
+		cr_assert_not_null(strstr(err, cases[i].want), "case %zu: %s", i, err);
+		config_free(&cfg);
+	}
+	/* a mapped DEST_HOST is the proxy's business, and ::ffff alone is not mapped */
+	struct config cfg;
+	char err[256] = "";
+	cr_assert_eq(parse(&cfg, err, 6,
+	                   ARGS("tunnel", "-L", "8080:[::ffff:10.0.0.1]:80", "--via",
+	                        "socks5://127.0.0.1:1080")),
+	             0, "%s", err);
+	config_free(&cfg);
+	cr_assert_eq(parse(&cfg, err, 3, ARGS("-l", "[::ffff:0:0:1]:7101")), 0, "%s", err);
+	config_free(&cfg);
+}
+
+/* SO_REUSEPORT lets the same address be bound twice without a word: the second listener
+ * would only split the clients with the first. */
+Test(config, rejects_duplicate_listen_addresses)
+{
+	static const struct {
+		int argc;
+		char *argv[10];
+		const char *want;
+	} cases[] = {
+	    {5,
+	     {"ringsocks", "-l", "127.0.0.1:1080", "-l", "127.0.0.1:1080"},
+	     "--listen: '127.0.0.1:1080' is given twice"},
+	    {7,
+	     {"ringsocks", "-l", "[::1]:1080", "-l", "127.0.0.1:1080", "--listen", "[0::1]:01080"},
+	     "--listen: '[0::1]:01080' is given twice"},
+	    {8,
+	     {"ringsocks", "tunnel", "-L", "8080:example.com:80", "-L",
+	      "127.0.0.1:8080:10.0.0.1:22", "--via", "socks5://127.0.0.1:1080"},
+	     "-L: '127.0.0.1:8080:10.0.0.1:22' listens where an earlier -L does"},
+	    {8,
+	     {"ringsocks", "tunnel", "-U", "[::1]:5353:10.0.0.1:53", "-U", "[::1]:5353:10.0.0.2:53",
+	      "--via", "socks5://127.0.0.1:1080"},
+	     "-U: '[::1]:5353:10.0.0.2:53' listens where an earlier -U does"},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct config cfg;
+		char err[256] = "";
+		char *argv[11] = {0};
+		memcpy(argv, cases[i].argv, sizeof(cases[i].argv));
+		cr_assert_eq(parse(&cfg, err, cases[i].argc, argv), -EINVAL, "case %zu", i);
+		cr_assert_not_null(strstr(err, cases[i].want), "case %zu: %s", i, err);
+		config_free(&cfg);
+	}
+	/* port 0 twice: two ports the kernel picks; other address or port, or TCP beside UDP */
+	struct config cfg;
+	char err[256] = "";
+	cr_assert_eq(parse(&cfg, err, 9,
+	                   ARGS("-l", "127.0.0.1:0", "-l", "127.0.0.1:0", "-l", "127.0.0.2:1080",
+	                        "-l", "127.0.0.1:1081")),
+	             0, "%s", err);
+	cr_assert_eq(cfg.nlisten, 4);
+	config_free(&cfg);
+	cr_assert_eq(parse(&cfg, err, 12,
+	                   ARGS("tunnel", "-L", "8080:10.0.0.1:80", "-U", "8080:10.0.0.1:53", "-L",
+	                        "127.0.0.1:0:10.0.0.1:80", "-L", "127.0.0.1:0:10.0.0.1:81", "--via",
+	                        "socks5://127.0.0.1:1080")),
+	             0, "%s", err);
 	config_free(&cfg);
 }
 
@@ -259,6 +489,34 @@ Test(config, rejects_bad_bind_and_udp_values)
 	}
 }
 
+/* The timers count whole milliseconds: a timeout under 1 ms (1e-9 rounds to 0) expired at
+ * once, closing every client before its first byte. */
+Test(config, timeouts_are_at_least_a_millisecond)
+{
+	static const char *opts[] = {"--handshake-timeout", "--connect-timeout", "--bind-timeout",
+	                             "--udp-idle-timeout"};
+	static const char *bad[] = {"1e-9", "0.0004", "0.0009", "0", "-0",    "-1",      "nan",
+	                            "-nan", "inf",    "-inf",   "",  "1e400", "31536001"};
+	for (size_t i = 0; i < sizeof(opts) / sizeof(opts[0]); i++) {
+		struct config cfg;
+		char err[256] = "";
+
+		for (size_t j = 0; j < sizeof(bad) / sizeof(bad[0]); j++) {
+			cr_assert_eq(parse(&cfg, err, 3, ARGS((char *)opts[i], (char *)bad[j])),
+			             -EINVAL, "%s %s", opts[i], bad[j]);
+			cr_assert_eq(strncmp(err, opts[i], strlen(opts[i])), 0, "%s", err);
+			cr_assert_not_null(strstr(err, "is not a number of seconds from 0.001 to "
+			                               "31536000"),
+			                   "%s", err);
+			config_free(&cfg);
+		}
+		cr_assert_eq(parse(&cfg, err, 3, ARGS((char *)opts[i], "0.001")), 0, "%s", err);
+		config_free(&cfg);
+		cr_assert_eq(parse(&cfg, err, 3, ARGS((char *)opts[i], "31536000")), 0, "%s", err);
+		config_free(&cfg);
+	}
+}
+
 Test(config, tunnel_udp_ports)
 {
 	struct config cfg;
@@ -300,6 +558,45 @@ Test(config, tunnel_udp_ports)
 	          ARGS("tunnel", "-U", "5353:bad host:53", "--via", "socks5://127.0.0.1:1080")),
 	    -EINVAL);
 	cr_assert_not_null(strstr(err, "-U"), "%s", err);
+	config_free(&cfg);
+}
+
+/* A tunnel's clients send no SOCKS5 handshake (the tunnel's own handshake with --via counts
+ * against --connect-timeout) and ask for no BIND: these options would do nothing there. */
+Test(config, tunnel_refuses_the_options_it_has_no_use_for)
+{
+	static const char *opts[][2] = {
+	    {"--handshake-timeout", "5"},
+	    {"--bind-timeout", "5"},
+	    {"--bind-ports", "40000-40009"},
+	};
+	for (size_t i = 0; i < sizeof(opts) / sizeof(opts[0]); i++) {
+		struct config cfg;
+		char err[256] = "", want[64];
+		cr_assert_eq(
+		    parse(&cfg, err, 8,
+		          ARGS("tunnel", "-L", "8080:example.com:80", "--via",
+		               "socks5://127.0.0.1:1080", (char *)opts[i][0], (char *)opts[i][1])),
+		    -EINVAL, "%s", opts[i][0]);
+		snprintf(want, sizeof(want), "%s is for server mode: ", opts[i][0]);
+		cr_assert_eq(strncmp(err, want, strlen(want)), 0, "%s", err);
+		cr_assert_null(strchr(err, '\n'));
+		config_free(&cfg);
+		cr_assert_eq(parse(&cfg, err, 3, ARGS((char *)opts[i][0], (char *)opts[i][1])), 0,
+		             "%s", err);
+		config_free(&cfg);
+	}
+	/* the ones a tunnel uses */
+	struct config cfg;
+	char err[256] = "";
+	cr_assert_eq(
+	    parse(&cfg, err, 14,
+	          ARGS("tunnel", "-U", "5353:10.0.0.1:53", "--via", "socks5://proxy.example:1080",
+	               "--connect-timeout", "3", "--udp-idle-timeout", "4", "--resolver",
+	               "127.0.0.1", "--max-conns", "10")),
+	    0, "%s", err);
+	cr_assert_float_eq(cfg.connect_timeout, 3.0, 1e-9);
+	cr_assert_float_eq(cfg.udp_idle_timeout, 4.0, 1e-9);
 	config_free(&cfg);
 }
 

@@ -1,0 +1,104 @@
+"""Option values the parser refuses (exit 2, one line on stderr naming the option) where they
+used to be accepted, or to fail only at start-up with another exit code."""
+
+import os
+import re
+import subprocess
+import sys
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness as h  # noqa: E402
+
+
+def run(args, timeout=5.0):
+    """Run the binary to completion; a daemon that does not exit within timeout is killed and
+    reported as exit code None."""
+    p = subprocess.Popen([h.BIN] + args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, preexec_fn=h._die_with_parent)
+    try:
+        out, err = p.communicate(timeout=timeout * h.SLOW)
+        return p.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate(timeout=5)
+        return None, out.decode(errors="replace"), err.decode(errors="replace")
+
+
+@unittest.skipIf(h.PEER, "ringsocks command line")
+class OptionsTest(unittest.TestCase):
+    def refused(self, args, want):
+        """args (with a listen address of its own, so an accepted value does not take port
+        1080) exit 2 with one line on stderr that contains want."""
+        rc, _, err = run(["-l", f"127.0.0.1:{h.unused_port()}"] + args)
+        self.assertEqual(rc, 2, f"exit code for {args} (stderr: {err!r})")
+        lines = [x for x in err.splitlines() if x.strip()]
+        self.assertEqual(len(lines), 1, f"stderr for {args} should be one line: {err!r}")
+        self.assertIn(want, lines[0], args)
+
+    def test_cpus_outside_the_allowed_set_exit_2(self):
+        """A CPU the process may not run on used to start the daemon, whose worker then failed
+        to pin itself (exit 1)."""
+        allowed = os.sched_getaffinity(0)
+        outside = next(c for c in range(1024) if c not in allowed)
+        self.refused(["--cpus", str(outside), "-w", "1"],
+                     f"--cpus: CPU {outside} is not one this process may run on")
+
+
+    def test_timeouts_below_a_millisecond_exit_2(self):
+        """--handshake-timeout 1e-9 was accepted and closed every client at once."""
+        for opt in ("--handshake-timeout", "--connect-timeout", "--bind-timeout",
+                    "--udp-idle-timeout"):
+            for value in ("1e-9", "0.0004", "nan", "inf", "-1"):
+                with self.subTest(opt=opt, value=value):
+                    self.refused([opt, value],
+                                 f"{opt}: '{value}' is not a number of seconds from 0.001 to")
+
+    def test_ipv4_mapped_listen_address_exit_2(self):
+        """Listeners are IPv6-only: [::ffff:127.0.0.1]:P failed at start-up with only
+        "Invalid argument" (exit 1)."""
+        port = h.unused_port()
+        self.refused(["-l", f"[::ffff:127.0.0.1]:{port}"],
+                     f"is an IPv4-mapped address; use 127.0.0.1:{port}")
+
+    def test_duplicate_listen_address_exit_2(self):
+        """The same -l twice was accepted silently (SO_REUSEPORT binds it twice)."""
+        listen = f"127.0.0.1:{h.unused_port()}"
+        rc, _, err = run(["-l", listen, "-l", listen])
+        self.assertEqual(rc, 2, err)
+        self.assertEqual(err.strip(), f"ringsocks: --listen: '{listen}' is given twice")
+
+    def test_help_names_every_command_and_socks5h(self):
+        """--help's summary named only CONNECT though BIND and UDP ASSOCIATE are served, and
+        socks5h://, which --upstream and --via accept, was not mentioned."""
+        rc, out, err = run(["--help"])
+        self.assertEqual(rc, 0, err)
+        summary = out.split("\n\n")[0].split("\n", 1)[1]  # after the usage line
+        for what in ("RFC 1928", "CONNECT", "BIND", "UDP ASSOCIATE", "RFC 1929"):
+            self.assertIn(what, summary)
+        for opt in ("--upstream URL", "--via URL"):
+            # the option's own lines: up to the next line that starts with an option
+            block = re.split(r"\n {2,6}-", re.split(rf"\n +{opt} ", out, 1)[1])[0]
+            self.assertIn("socks5h://", block, f"{opt}:\n{block}")
+
+
+class TuneScriptTest(unittest.TestCase):
+    def test_help_prints_exactly_the_header_comment(self):
+        """scripts/tune.sh --help printed a fixed range of its own lines, which had come to
+        include its 'set -uo pipefail'."""
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts",
+                              "tune.sh")
+        with open(script) as f:
+            lines = f.read().splitlines()[1:]  # after the #! line
+        header = []
+        for line in lines:
+            if not line.startswith("#"):
+                break
+            header.append(re.sub(r"^# ?", "", line))
+        r = subprocess.run(["bash", script, "--help"], capture_output=True, text=True, timeout=10)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout.splitlines(), header)
+        self.assertTrue(header[0].startswith("Shows the kernel settings"), header)
+
+if __name__ == "__main__":
+    h.main()
