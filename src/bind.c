@@ -170,7 +170,7 @@ void bind_listen(struct worker *w, struct conn *c)
 	}
 	fd = open_listener(w, &local);
 	if (fd < 0) {
-		log_warn("BIND: cannot listen: %s", strerror(-fd));
+		log_warn_limited("BIND: cannot listen: %s", strerror(-fd));
 		worker_conn_give_up(w, c, SOCKS5_REP_GENERAL_FAILURE, "cannot listen");
 		return;
 	}
@@ -235,7 +235,7 @@ void bind_on_accept(struct worker *w, struct conn *c, int res)
 			arm_accept(w, c); /* that peer gave up before we took it */
 			return;
 		}
-		log_warn("BIND: accept: %s", strerror(-res));
+		log_warn_limited("BIND: accept: %s", strerror(-res));
 		worker_cancel_ops(w, c, CONN_OP_BIT(OP_WATCH_C));
 		worker_conn_give_up(w, c, SOCKS5_REP_GENERAL_FAILURE, "accept failed");
 		return;

@@ -222,7 +222,11 @@ static void query_done(void *arg, int status, int timeouts, struct ares_addrinfo
 	set_port(addrs, n, q->port);
 	if (n == 0 && status == ARES_SUCCESS)
 		status = ARES_ENODATA;
-	if (n == 0)
+	if (n == 0 && (status == ARES_ETIMEOUT || status == ARES_ECONNREFUSED ||
+	               status == ARES_ESERVFAIL || status == ARES_EREFUSED))
+		/* the resolver, not the name: every name fails, and -v may be off */
+		log_warn_limited("resolver: no answer for %s: %s", q->name, ares_strerror(status));
+	else if (n == 0)
 		log_info("resolve %s: %s", q->name, ares_strerror(status));
 	worker_resolved(d->w, q->ud, n > 0 ? 0 : -ENOENT, addrs, n);
 	free(q);

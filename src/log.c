@@ -9,13 +9,12 @@
 
 int log_verbose;
 
-void log_msg(const char *level, const char *fmt, ...)
+static void log_vmsg(const char *level, unsigned skipped, const char *fmt, va_list ap)
 {
 	static const char hex[] = "0123456789abcdef";
-	char text[1024], line[1024];
+	char text[1024], line[1100];
 	struct timespec ts;
 	struct tm tm;
-	va_list ap;
 	int m;
 	size_t n;
 
@@ -25,9 +24,7 @@ void log_msg(const char *level, const char *fmt, ...)
 	    line, sizeof(line),
 	    "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ ringsocks %s: ", tm.tm_year + 1900, tm.tm_mon + 1,
 	    tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000, level);
-	va_start(ap, fmt);
 	m = vsnprintf(text, sizeof(text), fmt, ap);
-	va_end(ap);
 	if (m < 0)
 		text[0] = 0;
 	/* Messages carry what clients sent (a domain name may hold any byte): a newline or an
@@ -44,8 +41,41 @@ void log_msg(const char *level, const char *fmt, ...)
 			line[n++] = hex[*p & 15];
 		}
 	}
+	if (skipped)
+		n += (size_t)snprintf(line + n, sizeof(line) - n, " (and %u more like it since)",
+		                      skipped);
+	if (n > sizeof(line) - 1)
+		n = sizeof(line) - 1;
 	line[n++] = '\n';
 	if (write(STDERR_FILENO, line, n) < 0) {
 		/* nowhere left to report it */
 	}
+}
+
+void log_msg(const char *level, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	log_vmsg(level, 0, fmt, ap);
+	va_end(ap);
+}
+
+void log_limited(struct log_limit *l, const char *level, const char *fmt, ...)
+{
+	struct timespec ts;
+	uint64_t now;
+	va_list ap;
+
+	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+	now = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+	if (l->next_ms && now < l->next_ms) {
+		l->skipped++;
+		return;
+	}
+	l->next_ms = now + LOG_LIMIT_MS;
+	va_start(ap, fmt);
+	log_vmsg(level, l->skipped, fmt, ap);
+	va_end(ap);
+	l->skipped = 0;
 }

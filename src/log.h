@@ -2,9 +2,23 @@
 #ifndef RINGSOCKS_LOG_H
 #define RINGSOCKS_LOG_H
 
+#include <stdarg.h>
+#include <stdint.h>
+
 extern int log_verbose;
 
 void log_msg(const char *level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* A message that clients can cause at any rate (an upstream down, a resolver that does not
+ * answer, a full --max-conns): one line per LOG_LIMIT_MS for each place and thread, the
+ * next line counting those left out. */
+#define LOG_LIMIT_MS 10000
+struct log_limit {
+	uint64_t next_ms;
+	unsigned skipped;
+};
+void log_limited(struct log_limit *l, const char *level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 #define log_err(...)  log_msg("error", __VA_ARGS__)
 #define log_warn(...) log_msg("warn", __VA_ARGS__)
@@ -12,6 +26,11 @@ void log_msg(const char *level, const char *fmt, ...) __attribute__((format(prin
 	do {                                                                                       \
 		if (log_verbose)                                                                   \
 			log_msg("info", __VA_ARGS__);                                              \
+	} while (0)
+#define log_warn_limited(...)                                                                      \
+	do {                                                                                       \
+		static _Thread_local struct log_limit log_limit_;                                  \
+		log_limited(&log_limit_, "warn", __VA_ARGS__);                                     \
 	} while (0)
 
 #endif

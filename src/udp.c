@@ -475,7 +475,7 @@ void udp_start(struct worker *w, struct conn *c)
 	if ((err = set_client(c, a, c->hs.req.dst.port)) < 0 ||
 	    (err = open_client_socket(c, a, &bnd)) < 0) {
 		a->live = 0;
-		log_warn("UDP ASSOCIATE: cannot open the relay socket: %s", strerror(-err));
+		log_warn_limited("UDP ASSOCIATE: cannot open the relay socket: %s", strerror(-err));
 		worker_conn_give_up(w, c, SOCKS5_REP_GENERAL_FAILURE, "no relay socket");
 		return;
 	}
@@ -512,7 +512,7 @@ void udp_upstream_ready(struct worker *w, struct conn *c, struct upstream_hs *u)
 	if ((err = set_client(c, a, c->hs.req.dst.port)) < 0 ||
 	    (err = open_client_socket(c, a, &bnd)) < 0) {
 		a->live = 0;
-		log_warn("UDP ASSOCIATE: cannot open the relay socket: %s", strerror(-err));
+		log_warn_limited("UDP ASSOCIATE: cannot open the relay socket: %s", strerror(-err));
 		worker_conn_give_up(w, c, SOCKS5_REP_GENERAL_FAILURE, "no relay socket");
 		return;
 	}

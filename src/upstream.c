@@ -89,7 +89,7 @@ void upstream_failed(struct worker *w, struct conn *c, const char *reason)
 {
 	struct upstream_health *h = &w->up_health[c->up_i];
 
-	log_warn("upstream %s: %s", w->cfg->upstreams[c->up_i].text, reason);
+	log_limited(&h->warned, "warn", "upstream %s: %s", w->cfg->upstreams[c->up_i].text, reason);
 	h->backoff_ms = h->backoff_ms ? h->backoff_ms * 2 : UPSTREAM_BACKOFF_MIN_MS;
 	if (h->backoff_ms > UPSTREAM_BACKOFF_MAX_MS)
 		h->backoff_ms = UPSTREAM_BACKOFF_MAX_MS;

@@ -6,6 +6,7 @@
 #include <stdint.h>
 
 #include "conn.h"
+#include "log.h"
 #include "ringsocks/socks5.h"
 
 #define UPSTREAM_BACKOFF_MIN_MS 5000
@@ -24,6 +25,7 @@ struct upstream_hs {
 struct upstream_health {
 	uint64_t backoff_until_ms;
 	uint32_t backoff_ms;
+	struct log_limit warned; /* its failures: one line per LOG_LIMIT_MS */
 };
 
 struct worker;

@@ -214,6 +214,7 @@ static void on_accept(struct worker *w, uint32_t li, int res, unsigned flags)
 	}
 	if (worker_take_live(w) < 0) {
 		w->stats.refused_limit++;
+		log_warn_limited("refusing clients: --max-conns %ld reached", w->cfg->max_conns);
 		close(res);
 		return;
 	}
@@ -221,6 +222,9 @@ static void on_accept(struct worker *w, uint32_t li, int res, unsigned flags)
 	if (!c) {
 		worker_put_live();
 		w->stats.refused_limit++;
+		log_warn_limited("worker %d: refusing clients: all %u connection slots in use "
+		                 "(the descriptor limit)",
+		                 w->id, w->conns.size);
 		close(res);
 		return;
 	}
@@ -599,14 +603,14 @@ void worker_conn_give_up(struct worker *w, struct conn *c, uint8_t rep, const ch
 {
 	c->result = rep;
 	if (c->via == VIA_TUNNEL) {
-		log_warn("tunnel to %s failed: %s",
-		         socks5_addr_str(tunnel_dst(w, c), (char[300]){0}, 300), why);
+		log_warn_limited("tunnel to %s failed: %s",
+		                 socks5_addr_str(tunnel_dst(w, c), (char[300]){0}, 300), why);
 		conn_reset(w, c, why);
 		return;
 	}
 	if (c->via == VIA_UPSTREAM)
-		log_warn("forwarding to %s failed: %s",
-		         socks5_addr_str(&c->hs.req.dst, (char[300]){0}, 300), why);
+		log_warn_limited("forwarding to %s failed: %s",
+		                 socks5_addr_str(&c->hs.req.dst, (char[300]){0}, 300), why);
 	conn_fail(w, c, rep);
 }
 
@@ -617,9 +621,9 @@ void worker_conn_pass_failure(struct worker *w, struct conn *c, uint8_t rep, con
 
 	c->result = rep;
 	if (c->via == VIA_TUNNEL) {
-		log_warn("tunnel to %s: the proxy replied %u (%s)",
-		         socks5_addr_str(tunnel_dst(w, c), dst, sizeof(dst)), rep,
-		         socks5_reply_str(rep));
+		log_warn_limited("tunnel to %s: the proxy replied %u (%s)",
+		                 socks5_addr_str(tunnel_dst(w, c), dst, sizeof(dst)), rep,
+		                 socks5_reply_str(rep));
 		conn_reset(w, c, "proxy refused");
 		return;
 	}

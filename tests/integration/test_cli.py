@@ -336,6 +336,14 @@ class CliTest(unittest.TestCase):
                     self.assertEqual(data, b"", "a client over --max-conns got an answer")
                     self.assertLess(time.monotonic() - t0, 2)
                 self.assertEqual(h.echo_roundtrip(held[0], b"kept"), b"kept")
+                # said once, at warn level (it used to show only in SIGUSR1's refused=)
+                for _ in range(5):
+                    with h.open_client(p) as s:
+                        h.read_to_close(s, timeout=3)
+                refusals = [x for x in p.stderr_lines()
+                            if "warn: refusing clients: --max-conns 4 reached" in x]
+                self.assertTrue(refusals, p.stderr())
+                self.assertLessEqual(len(refusals), 2, "one line per worker in 10 s")
             finally:
                 for s in held[1:]:
                     s.close()

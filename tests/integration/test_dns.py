@@ -157,6 +157,26 @@ class DnsTest(h.ProxyTestCase):
             self.assertLess(elapsed, 4.5)
             h.check_serving(p)
 
+    def test_a_resolver_that_does_not_answer_is_a_warning(self):
+        """A --resolver with nothing behind it fails every name. It used to be logged only
+        with -v, like a name that does not exist; it is now a warning, once per 10 s and
+        worker however many names fail."""
+        dead = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        dead.bind(("127.0.0.1", 0))
+        port = dead.getsockname()[1]
+        dead.close()  # nothing listens: queries are refused (ICMP port unreachable)
+        with h.Proxy(["--resolver", f"127.0.0.1:{port}"], workers=1, verbose=False) as p:
+            for i in range(3):
+                with h.open_client(p) as s:
+                    s.sendall(h.greeting())
+                    self.assertEqual(h.recv_exact(s, 2).hex(), "0500")
+                    s.sendall(h.request(f"name{i}.ringsocks.test", self.echo4.port))
+                    data, how = h.read_to_close(s, timeout=20 * h.SLOW)
+                    self.assertEqual(data.hex(), h.error_reply(h.REP_HOST_UNREACH).hex())
+            lines = [x for x in p.stderr_lines() if "warn: resolver: no answer for" in x]
+            self.assertEqual(len(lines), 1, p.stderr())
+            self.assertIn("name0.ringsocks.test", lines[0])
+
     def test_pipelined_payload_waits_for_resolution(self):
         """greeting + request(name) + payload in one segment, the answer delayed 0.5 s: the
         payload is kept while the name resolves and then delivered."""

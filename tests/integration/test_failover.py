@@ -107,6 +107,22 @@ class FailoverTest(c.FreshProcsMixin, unittest.TestCase):
         # and again while both are backed off: still tried, still reply 1 in time
         self.assert_all_failed(fwd, max_seconds=TIMEOUT + 1)
 
+    def test_a_dead_upstream_is_logged_once_not_per_client(self):
+        """Every client tries a dead upstream again (a back-off is a preference); each used
+        to log two warnings, so a busy forwarder wrote two lines per client. Now one line per
+        upstream and one per kind of failure, each 10 s, with the count of those left out."""
+        a = self.keep(c.ClosedPort())
+        fwd = self.fwd([a.url()])
+        fwd.serving_check = False
+        for _ in range(12):
+            with h.open_client(fwd) as s:
+                s.sendall(h.greeting() + h.request("192.0.2.10", 80))
+                self.assertEqual(h.recv_exact(s, 2).hex(), "0500")
+                data, how = h.read_to_close(s, timeout=3 * TIMEOUT + 5)
+                self.assertEqual(data.hex(), ALL_FAILED.hex())
+        self.assertEqual(len(c.log_lines(fwd, rf"warn: upstream 127\.0\.0\.1:{a.port}: ")), 1)
+        self.assertEqual(len(c.log_lines(fwd, r"warn: forwarding to 192\.0\.2\.10:80 failed")), 1)
+
     def test_refused_and_silent_reply_1_within_connect_timeout(self):
         a = self.keep(c.ClosedPort())
         b = self.keep(c.SilentServer())
