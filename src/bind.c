@@ -146,6 +146,7 @@ void bind_start(struct worker *w, struct conn *c)
 	}
 	memset(&c->addrs[0], 0, sizeof(c->addrs[0]));
 	memcpy(&c->addrs[0], &ss, len);
+	worker_unmap_v4(&c->addrs[0]);
 	c->naddrs = 1;
 	bind_listen(w, c);
 }

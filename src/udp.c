@@ -658,6 +658,7 @@ static void client_datagram(struct worker *w, struct conn *c, struct udp_assoc *
 		return;
 	}
 	sa_copy(&to, &ss, sl);
+	worker_unmap_v4(&to);
 	send_out(w, c, a, bid, data + hl, len - hl, &to);
 }
 

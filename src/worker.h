@@ -4,9 +4,11 @@
 #define RINGSOCKS_WORKER_H
 
 #include <liburing.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "config.h"
 #include "conn.h"
@@ -83,6 +85,19 @@ struct io_uring_sqe *worker_sqe(struct worker *w);
 
 /* Track an operation of c in flight and return its user_data. */
 uint64_t worker_op(struct worker *w, struct conn *c, enum conn_op op);
+
+/* An IPv4-mapped IPv6 address (::ffff:a.b.c.d) becomes the IPv4 address it stands for, in
+ * place (a sockaddr_in fits in a sockaddr_in6): sockets here are IPv6-only, so a mapped
+ * address can be neither bound nor sent to from an IPv6 socket. */
+static inline void worker_unmap_v4(struct sockaddr_in6 *a)
+{
+	if (a->sin6_family == AF_INET6 && IN6_IS_ADDR_V4MAPPED(&a->sin6_addr)) {
+		struct sockaddr_in v4 = {.sin_family = AF_INET, .sin_port = a->sin6_port};
+		memcpy(&v4.sin_addr, &a->sin6_addr.s6_addr[12], 4);
+		memset(a, 0, sizeof(*a));
+		memcpy(a, &v4, sizeof(v4));
+	}
+}
 
 /* Close both sockets of c, cancel what is in flight, log the session; the slot is
  * freed once nothing of it is in flight. */

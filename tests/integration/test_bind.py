@@ -103,6 +103,19 @@ class BindTest(h.ProxyTestCase):
         c.wait_log(self.proxy, rf"dst=127\.0\.0\.1:0 result=succeeded up={len(up)} "
                                rf"down={len(down) + 22}")
 
+    def test_ipv4_mapped_dst(self):
+        """DST.ADDR ::ffff:127.0.0.1 is 127.0.0.1: the listener could not be bound to the
+        mapped address on an IPv6-only socket (reply 1, 'cannot listen')."""
+        s, r1 = bind_request(self.proxy, "::ffff:127.0.0.1", 0)
+        with s:
+            self.assertEqual(r1.rep, h.REP_OK, r1)
+            self.assertEqual(r1.raw.hex(), reply_bytes("127.0.0.1", r1.port).hex())
+            with connect_from("127.0.0.1", (r1.host, r1.port)) as peer:
+                r2 = h.read_reply(s)
+                self.assertEqual(r2.raw.hex(), reply_bytes(*peer.getsockname()).hex())
+                peer.sendall(b"mapped")
+                self.assertEqual(h.recv_exact(s, 6), b"mapped")
+
     def test_early_data_reaches_the_peer(self):
         early = b"pipelined with the request"
         s, r1 = bind_request(self.proxy, "127.0.0.1", 0, early=early)

@@ -192,6 +192,14 @@ class UdpTest(h.EchoProxyTestCase):
             self.assertEqual(a.recv().hex(), (udp_header("127.0.0.1", self.echo.port)
                                               + b"and to 127.0.0.1").hex())
 
+    def test_ipv4_mapped_destination(self):
+        """::ffff:127.0.0.1 is 127.0.0.1: the relay's IPv6 socket is IPv6-only and could
+        not send to it, so such datagrams were dropped. The answer comes from 127.0.0.1."""
+        with Assoc(self.proxy) as a:
+            a.send("::ffff:127.0.0.1", self.echo.port, b"mapped")
+            self.assertEqual(a.recv().hex(), (udp_header("127.0.0.1", self.echo.port)
+                                              + b"mapped").hex())
+
     def test_destination_by_name(self):
         with Assoc(self.proxy) as a:
             for name, ip in (("echo4.udp.test", "127.0.0.1"), ("echo6.udp.test", "::1"),
