@@ -3,6 +3,6 @@
 # Flags pass through: scripts/run.sh -v --user alice:secret
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
-dir=$(bash scripts/build.sh release)
+bash scripts/setup.sh --build  # what building needs; the test peers and tools come with test.sh
+dir=$(bash scripts/build.sh daemon)
 exec "$dir/ringsocks" "$@"

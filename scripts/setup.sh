@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Installs what ringsocks needs to build, test and benchmark, from Debian's packages.
+# scripts/setup.sh --build: only what building the daemon needs (scripts/run.sh).
 # Idempotent: when everything is present it only checks and returns.
 set -euo pipefail
 
-PKGS=(build-essential cmake pkg-config liburing-dev libcriterion-dev libc-ares-dev
-      curl python3 dante-server microsocks wrk clang-format iproute2)
+PKGS=(build-essential cmake pkg-config liburing-dev libc-ares-dev)
+if [ "${1:-}" != --build ]; then
+  PKGS+=(libcriterion-dev curl python3 dante-server microsocks wrk clang-format iproute2)
+fi
 
 missing=()
 for p in "${PKGS[@]}"; do
