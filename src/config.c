@@ -31,6 +31,9 @@ static const char usage[] =
     "                              the client gets reply 6 (default 10)\n"
     "      --max-conns N           at most N live client connections per process; more\n"
     "                              are closed at once (default: limited by descriptors)\n"
+    "      --keepalive S           TCP keepalive on clients' connections: probe one that\n"
+    "                              has been silent for S seconds, drop it when 5 probes\n"
+    "                              S/10 apart go unanswered (default 600; 0: off)\n"
     "      --bind-timeout S        BIND: wait S seconds for the peer to connect, then\n"
     "                              reply 6 (default 60)\n"
     "      --bind-ports LOW-HIGH   BIND: listen on a port from this range (default: an\n"
@@ -77,8 +80,8 @@ static const char usage[] =
     "      --via URL               the proxy, socks5://[USER:PASS@]HOST:PORT; repeatable\n"
     "                              (failover); socks5h:// is the same (a DEST_HOST name\n"
     "                              always goes to the proxy)\n"
-    "  -w, --cpus, --resolver, --connect-timeout, --max-conns, --udp-idle-timeout, --relay,\n"
-    "  --pipes, --relay-memory, --congestion, -v\n"
+    "  -w, --cpus, --resolver, --connect-timeout, --max-conns, --keepalive,\n"
+    "  --udp-idle-timeout, --relay, --pipes, --relay-memory, --congestion, -v\n"
     "                              as above\n";
 
 enum {
@@ -98,6 +101,7 @@ enum {
 	OPT_CONGESTION,
 	OPT_PIPES,
 	OPT_RELAY_MEMORY,
+	OPT_KEEPALIVE,
 };
 
 static const struct option long_opts[] = {
@@ -121,6 +125,7 @@ static const struct option long_opts[] = {
     {"congestion", required_argument, NULL, OPT_CONGESTION},
     {"pipes", required_argument, NULL, OPT_PIPES},
     {"relay-memory", required_argument, NULL, OPT_RELAY_MEMORY},
+    {"keepalive", required_argument, NULL, OPT_KEEPALIVE},
     {NULL, 0, NULL, 0},
 };
 
@@ -587,6 +592,7 @@ int config_parse(struct config *cfg, int argc, char **argv, char *err, size_t er
 	cfg->relay_mode = RELAY_HYBRID; /* the measured winner: see perf/RESULTS.md */
 	cfg->pipes = CONFIG_PIPES_DEFAULT;
 	cfg->relay_memory_mib = CONFIG_RELAY_MEMORY_DEFAULT;
+	cfg->keepalive_s = CONFIG_KEEPALIVE_DEFAULT;
 	cfg->connect_timeout = 10;
 	cfg->bind_timeout = 60;
 	cfg->udp_idle_timeout = 120;
@@ -726,6 +732,13 @@ int config_parse(struct config *cfg, int argc, char **argv, char *err, size_t er
 				     "(see --help)");
 			if (parse_port_range(optarg, cfg) < 0)
 				FAIL("--bind-ports: '%s' is not LOW-HIGH (ports 1-65535)", optarg);
+			break;
+		case OPT_KEEPALIVE:
+			/* TCP_KEEPIDLE takes at most 32767 */
+			if (parse_long(optarg, 0, 32767, &v) < 0)
+				FAIL("--keepalive: '%s' is not a number of seconds from 0 to 32767",
+				     optarg);
+			cfg->keepalive_s = (int)v;
 			break;
 		case OPT_MAX_CONNS:
 			if (parse_long(optarg, 1, 100000000, &v) < 0)

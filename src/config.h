@@ -34,6 +34,7 @@ enum config_mode { MODE_SERVER = 0, MODE_TUNNEL };
 /* How the relay moves bytes (see relay.c). */
 #define CONFIG_PIPES_DEFAULT        512 /* pipes a worker lends at most: two descriptors each */
 #define CONFIG_RELAY_MEMORY_DEFAULT 64  /* MiB of queued chunks past which a worker reads less */
+#define CONFIG_KEEPALIVE_DEFAULT    600 /* s of silence before a client is probed (TCP keepalive) */
 enum relay_mode { RELAY_SPLICE = 0, RELAY_SPLICE_SQE, RELAY_COPY, RELAY_HYBRID };
 
 struct config {
@@ -68,6 +69,7 @@ struct config {
 	int relay_mode;            /* enum relay_mode */
 	uint32_t pipes;            /* --pipes: a worker's pipe pool (CONFIG_PIPES_DEFAULT) */
 	uint32_t relay_memory_mib; /* --relay-memory (CONFIG_RELAY_MEMORY_DEFAULT) */
+	int keepalive_s;           /* --keepalive: idle seconds before probes, 0: off */
 	/* --congestion ALG: TCP_CONGESTION of the proxy's own TCP sockets; empty: see below */
 	char congestion[16];
 	/* --congestion system: never set it. Otherwise, with no ALG given, sockets whose peer is

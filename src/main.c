@@ -44,6 +44,8 @@ static int open_listener(const struct config *cfg, const struct sockaddr_storage
 	/* accepted sockets inherit it; a listener on a loopback address has only local clients */
 	if (worker_set_congestion(cfg, fd, (const struct sockaddr *)ss) < 0)
 		goto fail;
+	if (worker_set_keepalive(cfg, fd) < 0)
+		goto fail;
 	if (bind(fd, (const struct sockaddr *)ss, len) < 0 || listen(fd, LISTEN_BACKLOG) < 0)
 		goto fail;
 	return fd;

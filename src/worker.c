@@ -165,6 +165,24 @@ static int unpaced_by_peer(const struct config *cfg, uint32_t li)
 	       IN6_IS_ADDR_UNSPECIFIED(&((const struct sockaddr_in6 *)ss)->sin6_addr);
 }
 
+int worker_set_keepalive(const struct config *cfg, int fd)
+{
+	/* A client that vanishes (powered off, a NAT that forgot it) sends no FIN: without
+	 * probes its relay, slot and descriptors stay for good, and count against --max-conns.
+	 * Set on the listeners, so accepted sockets inherit it at no cost per connection. */
+	int on = cfg->keepalive_s > 0, idle = cfg->keepalive_s, intvl = idle / 10, cnt = 5;
+
+	if (intvl < 1)
+		intvl = 1;
+	if (setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof(on)) < 0)
+		return -errno;
+	if (on && (setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle)) < 0 ||
+	           setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl)) < 0 ||
+	           setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt)) < 0))
+		return -errno;
+	return 0;
+}
+
 int worker_take_live(const struct worker *w)
 {
 	/* taken first and then checked: workers taking one at the same moment would otherwise

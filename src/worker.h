@@ -99,6 +99,9 @@ static inline void worker_unmap_v4(struct sockaddr_in6 *a)
 	}
 }
 
+/* TCP keepalive per --keepalive on a listening socket (its accepted ones inherit it). */
+int worker_set_keepalive(const struct config *cfg, int fd);
+
 /* Close both sockets of c, cancel what is in flight, log the session; the slot is
  * freed once nothing of it is in flight. */
 void worker_conn_close(struct worker *w, struct conn *c, const char *why);
