@@ -143,6 +143,38 @@ static int reserve_udp_port(struct sockaddr_storage *ss, socklen_t len)
 	return fd;
 }
 
+/* An upstream (or a tunnel's --via) that is one of our own listen addresses sends every
+ * request back to us: each client would open connections to ourselves until descriptors ran
+ * out. Only literal addresses can be checked here; a name is not resolved at start. */
+static int upstream_is_self(const struct config *cfg, const struct config_upstream *u)
+{
+	struct sockaddr_storage ss;
+	socklen_t len;
+
+	if (socks5_addr_to_sockaddr(&u->addr, &ss, &len) < 0)
+		return 0;
+	for (int l = 0; l < cfg->nlisten; l++) {
+		const struct sockaddr_storage *a = &cfg->listen[l];
+		if (a->ss_family != ss.ss_family ||
+		    *port_of((struct sockaddr_storage *)a) != *port_of(&ss))
+			continue;
+		if (ss.ss_family == AF_INET) {
+			struct in_addr la = ((const struct sockaddr_in *)a)->sin_addr;
+			struct in_addr ua = ((const struct sockaddr_in *)&ss)->sin_addr;
+			if (la.s_addr == ua.s_addr ||
+			    (la.s_addr == htonl(INADDR_ANY) && (ntohl(ua.s_addr) >> 24) == 127))
+				return 1;
+		} else {
+			const struct in6_addr *la = &((const struct sockaddr_in6 *)a)->sin6_addr;
+			const struct in6_addr *ua = &((const struct sockaddr_in6 *)&ss)->sin6_addr;
+			if (memcmp(la, ua, sizeof(*la)) == 0 ||
+			    (IN6_IS_ADDR_UNSPECIFIED(la) && IN6_IS_ADDR_LOOPBACK(ua)))
+				return 1;
+		}
+	}
+	return 0;
+}
+
 static void raise_nofile(void)
 {
 	struct rlimit rl;
@@ -244,6 +276,15 @@ int main(int argc, char **argv)
 	if (check_congestion(&cfg) < 0) {
 		config_free(&cfg);
 		return 2;
+	}
+	for (int i = 0; i < cfg.nupstreams; i++) {
+		if (upstream_is_self(&cfg, &cfg.upstreams[i])) {
+			fprintf(stderr, "ringsocks: %s %s is this proxy's own listen address\n",
+			        cfg.mode == MODE_TUNNEL ? "--via" : "--upstream",
+			        cfg.upstreams[i].text);
+			config_free(&cfg);
+			return 2;
+		}
 	}
 	pick_loopback_congestion(&cfg);
 	log_verbose = cfg.verbose;

@@ -311,7 +311,7 @@ void worker_conn_close(struct worker *w, struct conn *c, const char *why)
 {
 	if (c->state == CONN_CLOSING || c->state == CONN_FREE)
 		return;
-	if (c->result == 0)
+	if (c->result == 0 && c->state != CONN_REPLYING) /* not if the reply never got out */
 		w->stats.sessions_ok++;
 	else
 		w->stats.sessions_failed++;

@@ -428,6 +428,22 @@ class CliTest(unittest.TestCase):
             first.terminate()
             self.assertEqual(first.wait(10 * h.SLOW), 0)
 
+    def test_upstream_that_is_this_proxy_is_refused(self):
+        """An --upstream (or tunnel --via) that is our own listen address sends every request
+        back to us: one client made connections to ourselves until descriptors ran out."""
+        for argv in (["-l", "127.0.0.1:7", "--upstream", "socks5://127.0.0.1:7"],
+                     ["-l", "0.0.0.0:7", "--upstream", "socks5://127.0.0.2:7"],
+                     ["-l", "[::]:7", "--upstream", "socks5://[::1]:7"],
+                     ["tunnel", "-L", "127.0.0.1:7:example.test:80", "--via",
+                      "socks5://127.0.0.1:7"]):
+            with self.subTest(argv=argv):
+                rc, out, err = run(argv)
+                self.assertEqual(rc, 2, err)
+                self.assertIn("is this proxy's own listen address", err)
+        rc, out, err = run(["-l", "127.0.0.1:0", "--upstream", "socks5://127.0.0.1:9", "-w", "1"],
+                           timeout=0.5)
+        self.assertIsNone(rc, f"another port is fine: {err}")
+
     def test_listen_port_in_use(self):
         blocker = socket.socket()
         blocker.bind(("127.0.0.1", 0))
