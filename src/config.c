@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define DEFAULT_LISTEN "127.0.0.1:1080"
@@ -24,6 +25,11 @@ static const char usage[] =
     "  -w, --workers N             worker threads, one io_uring each (default: online CPUs)\n"
     "      --cpus LIST             pin worker i to the i-th CPU of LIST, e.g. 0,1 or 0-3\n"
     "      --user NAME:PASS        require RFC 1929 username/password; repeatable\n"
+    "      --users-file PATH       the same from a file, one NAME:PASS a line ('#' starts\n"
+    "                              a comment); repeatable. Unlike --user, the passwords\n"
+    "                              are not in the command line, which every local user\n"
+    "                              can read (ps); the file must not be accessible to\n"
+    "                              others (chmod 600)\n"
     "      --resolver IP:PORT      DNS server for domain names (default: /etc/resolv.conf)\n"
     "      --handshake-timeout S   close clients that have not finished the handshake\n"
     "                              after S seconds (default 10)\n"
@@ -98,6 +104,7 @@ enum {
 	OPT_CONGESTION,
 	OPT_PIPES,
 	OPT_RELAY_MEMORY,
+	OPT_USERS_FILE,
 };
 
 static const struct option long_opts[] = {
@@ -105,6 +112,7 @@ static const struct option long_opts[] = {
     {"workers", required_argument, NULL, 'w'},
     {"cpus", required_argument, NULL, OPT_CPUS},
     {"user", required_argument, NULL, OPT_USER},
+    {"users-file", required_argument, NULL, OPT_USERS_FILE},
     {"resolver", required_argument, NULL, OPT_RESOLVER},
     {"handshake-timeout", required_argument, NULL, OPT_HS_TIMEOUT},
     {"connect-timeout", required_argument, NULL, OPT_CONN_TIMEOUT},
@@ -520,6 +528,92 @@ int config_parse_tunnel(const char *spec, struct sockaddr_storage *ss, socklen_t
 	return config_parse_hostport(bind, ss, len);
 }
 
+/* Credentials files (--users-file): the values of --user kept out of the command line, which
+ * every local user can read (ps, /proc/PID/cmdline). One value a line; blank lines and lines
+ * starting with '#' are skipped, and a trailing '\r' (a file saved on Windows) is not part of
+ * the value. Errors name the file and line but never quote it: the line holds a password. */
+
+/* Like ssh with a private key: a file others may read has leaked its passwords already, and
+ * one they may write lets them add a user. Group read stays allowed for a root:ringsocks
+ * 0640 file read by a daemon in that group. */
+#define CRED_FILE_MODE_REFUSED (S_IWGRP | S_IRWXO)
+
+/* Adds one value (a NUL-terminated line) to cfg; on failure writes why, without the value. */
+typedef int (*cred_line_fn)(struct config *cfg, const char *line, char *why, size_t cap);
+
+static int read_cred_file(struct config *cfg, const char *opt, const char *path, const char *what,
+                          cred_line_fn add, char *err, size_t errlen)
+{
+	struct stat st;
+	char *line = NULL, why[128];
+	size_t cap = 0;
+	ssize_t n;
+	int lineno = 0, nvalues = 0, ret = 0, saved;
+	FILE *f = fopen(path, "re");
+
+	if (!f) {
+		snprintf(err, errlen, "%s: %s: %s", opt, path, strerror(errno));
+		return -EINVAL;
+	}
+	/* fstat, not stat: the file checked is the one read */
+	if (fstat(fileno(f), &st) < 0) {
+		snprintf(err, errlen, "%s: %s: %s", opt, path, strerror(errno));
+		fclose(f);
+		return -EINVAL;
+	}
+	if (st.st_mode & CRED_FILE_MODE_REFUSED) {
+		snprintf(err, errlen,
+		         "%s: %s: other users may read or change it (mode %04o); chmod 600 it", opt,
+		         path, (unsigned)(st.st_mode & 07777));
+		fclose(f);
+		return -EINVAL;
+	}
+	while ((n = getline(&line, &cap, f)) >= 0) {
+		lineno++;
+		if (n > 0 && line[n - 1] == '\n')
+			line[--n] = '\0';
+		if (n > 0 && line[n - 1] == '\r')
+			line[--n] = '\0';
+		if (strlen(line) != (size_t)n) {
+			snprintf(err, errlen, "%s: %s:%d: a NUL byte in the line", opt, path,
+			         lineno);
+			ret = -EINVAL;
+			break;
+		}
+		if (line[0] == '#' || line[strspn(line, " \t")] == '\0')
+			continue;
+		if (add(cfg, line, why, sizeof(why)) < 0) {
+			snprintf(err, errlen, "%s: %s:%d: %s", opt, path, lineno, why);
+			ret = -EINVAL;
+			break;
+		}
+		nvalues++;
+	}
+	saved = errno;
+	if (ret == 0 && ferror(f)) {
+		snprintf(err, errlen, "%s: %s: %s", opt, path, strerror(saved));
+		ret = -EINVAL;
+	} else if (ret == 0 && nvalues == 0) {
+		/* an empty users file would quietly turn authentication off */
+		snprintf(err, errlen, "%s: %s: no %s line", opt, path, what);
+		ret = -EINVAL;
+	}
+	free(line);
+	fclose(f);
+	return ret;
+}
+
+static int users_file_line(struct config *cfg, const char *line, char *why, size_t cap)
+{
+	if (cfg->nusers == CONFIG_MAX_USERS)
+		snprintf(why, cap, "too many users (at most %d)", CONFIG_MAX_USERS);
+	else if (add_user(cfg, line) < 0)
+		snprintf(why, cap, "not NAME:PASS (name 1-255 bytes, password at most 255)");
+	else
+		return 0;
+	return -EINVAL;
+}
+
 /* An IPv4-mapped IPv6 address ([::ffff:A.B.C.D]) to listen on: every listening socket is
  * IPv6-only (so [::] and 0.0.0.0 can both be given), and bind(2) refuses a mapped address on
  * one with a bare EINVAL at start-up. Returns 1 and writes "A.B.C.D:PORT" to use instead. */
@@ -692,6 +786,15 @@ int config_parse(struct config *cfg, int argc, char **argv, char *err, size_t er
 				FAIL("--user: '%s' is not NAME:PASS (name 1-255 bytes, password at "
 				     "most 255)",
 				     optarg);
+			break;
+		case OPT_USERS_FILE:
+			if (cfg->mode == MODE_TUNNEL)
+				FAIL(
+				    "--users-file is for server mode; a tunnel's proxy credentials "
+				    "go in --via");
+			if (read_cred_file(cfg, "--users-file", optarg, "NAME:PASS",
+			                   users_file_line, err, errlen) < 0)
+				return -EINVAL;
 			break;
 		case OPT_RESOLVER:
 			if (set_resolver(cfg, optarg) < 0)

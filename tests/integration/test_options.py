@@ -3,8 +3,10 @@ used to be accepted, or to fail only at start-up with another exit code."""
 
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -80,6 +82,72 @@ class OptionsTest(unittest.TestCase):
             # the option's own lines: up to the next line that starts with an option
             block = re.split(r"\n {2,6}-", re.split(rf"\n +{opt} ", out, 1)[1])[0]
             self.assertIn("socks5h://", block, f"{opt}:\n{block}")
+
+
+def cmdline(pid):
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read()
+
+
+@unittest.skipIf(h.PEER, "ringsocks command line")
+class CredentialsFileTest(unittest.TestCase):
+    """--users-file: credentials that every local user could read in ps when given as --user
+    come from a file the others may not read."""
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="ringsocks-creds-")
+        self.addCleanup(shutil.rmtree, self.dir, ignore_errors=True)
+
+    def write(self, name, text, mode=0o600):
+        path = os.path.join(self.dir, name)
+        with open(path, "w", newline="") as f:
+            f.write(text)
+        os.chmod(path, mode)
+        return path
+
+    def login(self, proxy, user, password):
+        """The RFC 1929 status byte pair the proxy answers these credentials with."""
+        with h.open_client(proxy) as s:
+            s.sendall(h.greeting((h.M_USERPASS,)))
+            self.assertEqual(h.recv_exact(s, 2).hex(), "0502")
+            s.sendall(h.auth_request(user, password))
+            return h.recv_exact(s, 2).hex()
+
+    def test_users_file_users_authenticate_and_are_not_in_the_command_line(self):
+        path = self.write("users", "# who may use the proxy\r\n\r\nalice:s3cr3t:x\r\n"
+                                   "bob:hunter2\n")
+        with h.EchoServer() as echo, \
+                h.Proxy(["--users-file", path], auth=("alice", "s3cr3t:x")) as proxy:
+            for user, password in (("alice", "s3cr3t:x"), ("bob", "hunter2")):
+                s, _ = h.socks_connect(proxy, "127.0.0.1", echo.port, auth=(user, password))
+                with s:
+                    msg = f"through the proxy as {user}".encode()
+                    self.assertEqual(h.echo_roundtrip(s, msg), msg)
+            self.assertEqual(self.login(proxy, "alice", "s3cr3t"), "0101")
+            self.assertEqual(self.login(proxy, "carol", "x"), "0101", "a comment is no user")
+            with h.open_client(proxy) as s:
+                s.sendall(h.greeting((h.M_NOAUTH,)))
+                self.assertEqual(h.read_to_close(s, timeout=5 * h.SLOW)[0].hex(), "05ff")
+            args = cmdline(proxy.pid)
+            self.assertIn(path.encode(), args)
+            for secret in (b"s3cr3t", b"hunter2"):
+                self.assertNotIn(secret, args)
+
+    def test_users_file_others_may_read_exit_2(self):
+        """A world-readable file is refused, with what to do about it."""
+        path = self.write("users", "alice:s3cr3t\n", 0o644)
+        rc, _, err = run(["-l", f"127.0.0.1:{h.unused_port()}", "--users-file", path])
+        self.assertEqual(rc, 2, err)
+        self.assertEqual(err, f"ringsocks: --users-file: {path}: other users may read or change"
+                              " it (mode 0644); chmod 600 it\n")
+
+    def test_users_file_bad_line_exit_2_without_quoting_it(self):
+        path = self.write("users", "alice:s3cr3t\n# a comment\nbob-hunter2\n")
+        rc, _, err = run(["-l", f"127.0.0.1:{h.unused_port()}", "--user", "zed:z",
+                          "--users-file", path])
+        self.assertEqual(rc, 2, err)
+        self.assertEqual(err, f"ringsocks: --users-file: {path}:3: not NAME:PASS (name 1-255"
+                              " bytes, password at most 255)\n")
 
 
 class TuneScriptTest(unittest.TestCase):
