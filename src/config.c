@@ -47,6 +47,10 @@ static const char usage[] =
     "                              the SOCKS5 proxy socks5://[USER:PASS@]HOST:PORT;\n"
     "                              repeatable (round-robin with failover); socks5h:// is\n"
     "                              the same (names in requests always go to the proxy)\n"
+    "      --upstream-file PATH    the same from a file, one URL a line ('#' starts a\n"
+    "                              comment); repeatable. Keeps the upstream's password out\n"
+    "                              of the command line (ps); the file must not be\n"
+    "                              accessible to others (chmod 600)\n"
     "      --relay MODE            how bytes move after the handshake: splice (splice(2)\n"
     "                              from the loop on readiness), splice-sqe (splice SQEs),\n"
     "                              copy (recv into a buffer ring, then send),\n"
@@ -70,7 +74,8 @@ static const char usage[] =
     "  -h, --help                  show this help\n"
     "      --version               show the version\n"
     "\n"
-    "usage: ringsocks tunnel -L|-U [BIND_ADDR:]PORT:DEST_HOST:DEST_PORT... --via URL [options]\n"
+    "usage: ringsocks tunnel -L|-U [BIND_ADDR:]PORT:DEST_HOST:DEST_PORT...\n"
+    "                        --via URL|--via-file PATH [options]\n"
     "Forward every TCP connection (-L) or UDP datagram (-U) to a local port through a SOCKS5\n"
     "proxy to one destination.\n"
     "\n"
@@ -83,6 +88,10 @@ static const char usage[] =
     "      --via URL               the proxy, socks5://[USER:PASS@]HOST:PORT; repeatable\n"
     "                              (failover); socks5h:// is the same (a DEST_HOST name\n"
     "                              always goes to the proxy)\n"
+    "      --via-file PATH         the same from a file: its one URL (the first line that\n"
+    "                              is not blank or a '#' comment); repeatable. Keeps the\n"
+    "                              proxy's password out of the command line (ps); the file\n"
+    "                              must not be accessible to others (chmod 600)\n"
     "  -w, --cpus, --resolver, --connect-timeout, --max-conns, --udp-idle-timeout, --relay,\n"
     "  --pipes, --relay-memory, --congestion, -v\n"
     "                              as above\n";
@@ -105,6 +114,8 @@ enum {
 	OPT_PIPES,
 	OPT_RELAY_MEMORY,
 	OPT_USERS_FILE,
+	OPT_UPSTREAM_FILE,
+	OPT_VIA_FILE,
 };
 
 static const struct option long_opts[] = {
@@ -122,6 +133,8 @@ static const struct option long_opts[] = {
     {"version", no_argument, NULL, OPT_VERSION},
     {"upstream", required_argument, NULL, OPT_UPSTREAM},
     {"via", required_argument, NULL, OPT_VIA},
+    {"upstream-file", required_argument, NULL, OPT_UPSTREAM_FILE},
+    {"via-file", required_argument, NULL, OPT_VIA_FILE},
     {"bind-timeout", required_argument, NULL, OPT_BIND_TIMEOUT},
     {"bind-ports", required_argument, NULL, OPT_BIND_PORTS},
     {"udp-idle-timeout", required_argument, NULL, OPT_UDP_IDLE},
@@ -528,8 +541,9 @@ int config_parse_tunnel(const char *spec, struct sockaddr_storage *ss, socklen_t
 	return config_parse_hostport(bind, ss, len);
 }
 
-/* Credentials files (--users-file): the values of --user kept out of the command line, which
- * every local user can read (ps, /proc/PID/cmdline). One value a line; blank lines and lines
+/* Credentials files (--users-file, --upstream-file, --via-file): the values of --user,
+ * --upstream and --via kept out of the command line, which every local user can read (ps,
+ * /proc/PID/cmdline). One value a line; blank lines and lines
  * starting with '#' are skipped, and a trailing '\r' (a file saved on Windows) is not part of
  * the value. Errors name the file and line but never quote it: the line holds a password. */
 
@@ -538,8 +552,9 @@ int config_parse_tunnel(const char *spec, struct sockaddr_storage *ss, socklen_t
  * 0640 file read by a daemon in that group. */
 #define CRED_FILE_MODE_REFUSED (S_IWGRP | S_IRWXO)
 
-/* Adds one value (a NUL-terminated line) to cfg; on failure writes why, without the value. */
-typedef int (*cred_line_fn)(struct config *cfg, const char *line, char *why, size_t cap);
+/* Adds one value (a NUL-terminated line; nth values of the file came before it) to cfg; on
+ * failure writes why, without the value. */
+typedef int (*cred_line_fn)(struct config *cfg, const char *line, int nth, char *why, size_t cap);
 
 static int read_cred_file(struct config *cfg, const char *opt, const char *path, const char *what,
                           cred_line_fn add, char *err, size_t errlen)
@@ -582,7 +597,7 @@ static int read_cred_file(struct config *cfg, const char *opt, const char *path,
 		}
 		if (line[0] == '#' || line[strspn(line, " \t")] == '\0')
 			continue;
-		if (add(cfg, line, why, sizeof(why)) < 0) {
+		if (add(cfg, line, nvalues, why, sizeof(why)) < 0) {
 			snprintf(err, errlen, "%s: %s:%d: %s", opt, path, lineno, why);
 			ret = -EINVAL;
 			break;
@@ -594,7 +609,8 @@ static int read_cred_file(struct config *cfg, const char *opt, const char *path,
 		snprintf(err, errlen, "%s: %s: %s", opt, path, strerror(saved));
 		ret = -EINVAL;
 	} else if (ret == 0 && nvalues == 0) {
-		/* an empty users file would quietly turn authentication off */
+		/* an empty users file would quietly turn authentication off, an empty upstream
+		 * file forwarding */
 		snprintf(err, errlen, "%s: %s: no %s line", opt, path, what);
 		ret = -EINVAL;
 	}
@@ -603,8 +619,9 @@ static int read_cred_file(struct config *cfg, const char *opt, const char *path,
 	return ret;
 }
 
-static int users_file_line(struct config *cfg, const char *line, char *why, size_t cap)
+static int users_file_line(struct config *cfg, const char *line, int nth, char *why, size_t cap)
 {
+	(void)nth;
 	if (cfg->nusers == CONFIG_MAX_USERS)
 		snprintf(why, cap, "too many users (at most %d)", CONFIG_MAX_USERS);
 	else if (add_user(cfg, line) < 0)
@@ -612,6 +629,31 @@ static int users_file_line(struct config *cfg, const char *line, char *why, size
 	else
 		return 0;
 	return -EINVAL;
+}
+
+static int upstream_file_line(struct config *cfg, const char *line, int nth, char *why, size_t cap)
+{
+	(void)nth;
+	if (cfg->nupstreams == CONFIG_MAX_UPSTREAMS)
+		snprintf(why, cap, "too many upstream proxies (at most %d)", CONFIG_MAX_UPSTREAMS);
+	else if (config_parse_upstream(line, &cfg->upstreams[cfg->nupstreams]) < 0)
+		snprintf(why, cap, "not socks5://[USER:PASS@]HOST:PORT");
+	else {
+		cfg->nupstreams++;
+		return 0;
+	}
+	return -EINVAL;
+}
+
+/* --via-file: the proxy is the file's one URL. A second one is refused rather than skipped
+ * quietly: whoever wrote it meant it to be used. */
+static int via_file_line(struct config *cfg, const char *line, int nth, char *why, size_t cap)
+{
+	if (nth > 0) {
+		snprintf(why, cap, "a second URL; one a file (another --via-file for failover)");
+		return -EINVAL;
+	}
+	return upstream_file_line(cfg, line, nth, why, cap);
 }
 
 /* An IPv4-mapped IPv6 address ([::ffff:A.B.C.D]) to listen on: every listening socket is
@@ -748,6 +790,19 @@ int config_parse(struct config *cfg, int argc, char **argv, char *err, size_t er
 				FAIL("%s: '%s' is not socks5://[USER:PASS@]HOST:PORT",
 				     opt == OPT_VIA ? "--via" : "--upstream", optarg);
 			cfg->nupstreams++;
+			break;
+		case OPT_UPSTREAM_FILE:
+		case OPT_VIA_FILE:
+			if ((opt == OPT_VIA_FILE) != (cfg->mode == MODE_TUNNEL))
+				FAIL("%s belongs to %s (see --help)",
+				     opt == OPT_VIA_FILE ? "--via-file" : "--upstream-file",
+				     opt == OPT_VIA_FILE ? "'ringsocks tunnel'" : "server mode");
+			if (read_cred_file(cfg,
+			                   opt == OPT_VIA_FILE ? "--via-file" : "--upstream-file",
+			                   optarg, "socks5:// URL",
+			                   opt == OPT_VIA_FILE ? via_file_line : upstream_file_line,
+			                   err, errlen) < 0)
+				return -EINVAL;
 			break;
 		case 'l':
 			if (cfg->mode == MODE_TUNNEL)
@@ -894,7 +949,7 @@ int config_parse(struct config *cfg, int argc, char **argv, char *err, size_t er
 	if (cfg->mode == MODE_TUNNEL && cfg->nlisten == 0 && cfg->nudp == 0)
 		FAIL("tunnel needs at least one -L or -U [BIND_ADDR:]PORT:DEST_HOST:DEST_PORT");
 	if (cfg->mode == MODE_TUNNEL && cfg->nupstreams == 0)
-		FAIL("tunnel needs --via socks5://[USER:PASS@]HOST:PORT");
+		FAIL("tunnel needs --via socks5://[USER:PASS@]HOST:PORT or --via-file PATH");
 	if (cfg->nlisten == 0 && cfg->mode != MODE_TUNNEL)
 		config_parse_hostport(DEFAULT_LISTEN, &cfg->listen[0], &cfg->listen_len[0]),
 		    cfg->nlisten = 1;

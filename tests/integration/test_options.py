@@ -4,6 +4,7 @@ used to be accepted, or to fail only at start-up with another exit code."""
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -89,6 +90,19 @@ def cmdline(pid):
         return f.read()
 
 
+class ViaFileTunnel(h.Tunnel):
+    """`ringsocks tunnel -L ... --via-file PATH`: h.Tunnel with the proxy's URL in a file."""
+
+    def __init__(self, dest_host, dest_port, via_file, **kw):
+        self.via_file = via_file
+        super().__init__(dest_host, dest_port, "unused", **kw)
+
+    def argv(self, port):
+        argv = super().argv(port)
+        i = argv.index("--via")
+        return argv[:i] + ["--via-file", self.via_file] + argv[i + 2:]
+
+
 @unittest.skipIf(h.PEER, "ringsocks command line")
 class CredentialsFileTest(unittest.TestCase):
     """--users-file: credentials that every local user could read in ps when given as --user
@@ -149,6 +163,34 @@ class CredentialsFileTest(unittest.TestCase):
         self.assertEqual(err, f"ringsocks: --users-file: {path}:3: not NAME:PASS (name 1-255"
                               " bytes, password at most 255)\n")
 
+
+    def test_forwarder_upstream_file_to_a_users_file_upstream(self):
+        """A chain whose passwords are all in files: client -> ringsocks --upstream-file ->
+        ringsocks --users-file -> echo server."""
+        users = self.write("users", "alice:s3cr3t\n")
+        with h.EchoServer() as echo, \
+                h.Proxy(["--users-file", users], auth=("alice", "s3cr3t")) as upstream:
+            url = self.write("upstream", "# the upstream\r\n"
+                                         f"{h.socks5_url(upstream, ('alice', 's3cr3t'))}\r\n")
+            with h.Proxy(["--upstream-file", url]) as fwd:
+                s, _ = h.socks_connect(fwd, "127.0.0.1", echo.port, auth=None)
+                with s:
+                    msg = b"through two proxies, credentials from files"
+                    self.assertEqual(h.echo_roundtrip(s, msg), msg)
+                for p in (fwd, upstream):
+                    self.assertNotIn(b"s3cr3t", cmdline(p.pid))
+                self.assertIn(url.encode(), cmdline(fwd.pid))
+
+    def test_tunnel_via_file(self):
+        users = self.write("users", "alice:s3cr3t\n")
+        with h.EchoServer() as echo, \
+                h.Proxy(["--users-file", users], auth=("alice", "s3cr3t")) as proxy:
+            via = self.write("via", f"{h.socks5_url(proxy, ('alice', 's3cr3t'))}\n")
+            with ViaFileTunnel("127.0.0.1", echo.port, via) as tunnel:
+                with socket.create_connection(tunnel.addr, timeout=10 * h.SLOW) as s:
+                    msg = b"through the tunnel"
+                    self.assertEqual(h.echo_roundtrip(s, msg), msg)
+                self.assertNotIn(b"s3cr3t", cmdline(tunnel.pid))
 
 class TuneScriptTest(unittest.TestCase):
     def test_help_prints_exactly_the_header_comment(self):

@@ -924,3 +924,154 @@ Test(config, tunnel_refuses_users_file)
 	config_free(&cfg);
 	cred_dir_remove(&d);
 }
+
+Test(config, upstream_file_reads_one_url_a_line)
+{
+	struct cred_dir d = {0};
+	struct config cfg;
+	char err[256] = "";
+	const char *p = CRED_FILE(&d, "upstreams",
+	                          "# the upstreams, in order\r\n"
+	                          "socks5://al%40ice:p:w@127.0.0.1:1080\r\n"
+	                          "\n"
+	                          "socks5h://bob:hunter2@[::1]:1081/\n",
+	                          0600);
+
+	cr_assert_eq(
+	    parse(&cfg, err, 5,
+	          ARGS("--upstream", "socks5://10.0.0.1:1080", "--upstream-file", (char *)p)),
+	    0, "%s", err);
+	cr_assert_eq(cfg.nupstreams, 3, "--upstream and --upstream-file add up, in order");
+	cr_assert_str_eq(cfg.upstreams[0].text, "10.0.0.1:1080");
+	cr_assert_eq(cfg.upstreams[1].has_auth, 1);
+	cr_assert_str_eq(cfg.upstreams[1].user, "al@ice", "%XX escapes as in --upstream");
+	cr_assert_str_eq(cfg.upstreams[1].pass, "p:w");
+	cr_assert_str_eq(cfg.upstreams[1].text, "127.0.0.1:1080", "no \\r in the port");
+	cr_assert_str_eq(cfg.upstreams[2].user, "bob");
+	cr_assert_str_eq(cfg.upstreams[2].pass, "hunter2");
+	cr_assert_eq(cfg.upstreams[2].addr.atyp, SOCKS5_ATYP_IPV6);
+	cr_assert_eq(cfg.upstreams[2].addr.port, 1081);
+	config_free(&cfg);
+	cred_dir_remove(&d);
+}
+
+Test(config, upstream_file_errors_name_the_file_and_line)
+{
+	static const struct {
+		const char *text, *msg;
+	} cases[] = {
+	    {"socks5://127.0.0.1:1\n#\nsocks5://u:hunter2@127.0.0.1\n",
+	     ":3: not socks5://[USER:PASS@]HOST:PORT"},
+	    {"http://u:hunter2@127.0.0.1:1\n", ":1: not socks5://[USER:PASS@]HOST:PORT"},
+	    {"# socks5://u:hunter2@127.0.0.1:1\n\n", ": no socks5:// URL line"},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct cred_dir d = {0};
+		struct config cfg;
+		char err[256] = "", want[256];
+		const char *p = cred_file(&d, "up", cases[i].text, strlen(cases[i].text), 0600);
+		cr_assert_eq(parse(&cfg, err, 3, ARGS("--upstream-file", (char *)p)), -EINVAL,
+		             "%zu", i);
+		snprintf(want, sizeof(want), "--upstream-file: %s%s", p, cases[i].msg);
+		cr_assert_str_eq(err, want);
+		config_free(&cfg);
+		cred_dir_remove(&d);
+	}
+
+	/* at most CONFIG_MAX_UPSTREAMS, counting those of --upstream */
+	struct cred_dir d = {0};
+	struct config cfg;
+	char err[256] = "", text[64 * (CONFIG_MAX_UPSTREAMS + 1)];
+	size_t n = 0;
+	for (int i = 0; i < CONFIG_MAX_UPSTREAMS; i++)
+		n += (size_t)snprintf(text + n, sizeof(text) - n, "socks5://127.0.0.1:%d\n", i + 1);
+	const char *p = cred_file(&d, "up", text, n, 0600);
+	cr_assert_eq(
+	    parse(&cfg, err, 5,
+	          ARGS("--upstream", "socks5://10.0.0.1:1080", "--upstream-file", (char *)p)),
+	    -EINVAL);
+	cr_assert_not_null(strstr(err, ":16: too many upstream proxies (at most 16)"), "%s", err);
+	config_free(&cfg);
+	cred_dir_remove(&d);
+}
+
+Test(config, via_file_is_the_tunnels_proxy)
+{
+	struct cred_dir d = {0};
+	struct config cfg;
+	char err[256] = "", want[256];
+	const char *one = CRED_FILE(
+	    &d, "via", "\n# the proxy\nsocks5://alice:hunter2@proxy.example:1080\r\n", 0600);
+	const char *two = CRED_FILE(&d, "two",
+	                            "socks5://alice:hunter2@127.0.0.1:1080\n\n"
+	                            "socks5://bob:hunter2@127.0.0.2:1080\n",
+	                            0600);
+
+	cr_assert_eq(parse(&cfg, err, 6,
+	                   ARGS("tunnel", "-L", "8080:example.com:80", "--via-file", (char *)one)),
+	             0, "%s", err);
+	cr_assert_eq(cfg.nupstreams, 1, "no --via needed");
+	cr_assert_str_eq(cfg.upstreams[0].user, "alice");
+	cr_assert_str_eq(cfg.upstreams[0].pass, "hunter2");
+	cr_assert_str_eq(cfg.upstreams[0].text, "proxy.example:1080");
+	config_free(&cfg);
+
+	/* one URL a file: a second is not dropped without a word */
+	cr_assert_eq(parse(&cfg, err, 6,
+	                   ARGS("tunnel", "-L", "8080:example.com:80", "--via-file", (char *)two)),
+	             -EINVAL);
+	snprintf(want, sizeof(want),
+	         "--via-file: %s:3: a second URL; one a file (another --via-file for failover)",
+	         two);
+	cr_assert_str_eq(err, want);
+	config_free(&cfg);
+
+	/* repeatable, with --via: failover in the order given */
+	cr_assert_eq(parse(&cfg, err, 10,
+	                   ARGS("tunnel", "-L", "8080:example.com:80", "--via-file", (char *)one,
+	                        "--via", "socks5://10.0.0.1:1080", "--via-file", (char *)one)),
+	             0, "%s", err);
+	cr_assert_eq(cfg.nupstreams, 3);
+	cr_assert_str_eq(cfg.upstreams[1].text, "10.0.0.1:1080");
+	config_free(&cfg);
+	cred_dir_remove(&d);
+}
+
+Test(config, upstream_and_via_files_belong_to_their_modes_and_are_private)
+{
+	struct cred_dir d = {0};
+	struct config cfg;
+	char err[256] = "", want[256];
+	const char *p = CRED_FILE(&d, "url", "socks5://alice:hunter2@127.0.0.1:1080\n", 0600);
+	const char *shared = CRED_FILE(&d, "open", "socks5://alice:hunter2@127.0.0.1:1080\n", 0604);
+
+	cr_assert_eq(parse(&cfg, err, 3, ARGS("--via-file", (char *)p)), -EINVAL);
+	cr_assert_str_eq(err, "--via-file belongs to 'ringsocks tunnel' (see --help)");
+	config_free(&cfg);
+	cr_assert_eq(
+	    parse(&cfg, err, 6,
+	          ARGS("tunnel", "-L", "8080:example.com:80", "--upstream-file", (char *)p)),
+	    -EINVAL);
+	cr_assert_str_eq(err, "--upstream-file belongs to server mode (see --help)");
+	config_free(&cfg);
+	cr_assert_eq(parse(&cfg, err, 4, ARGS("tunnel", "-L", "8080:example.com:80")), -EINVAL);
+	cr_assert_str_eq(err, "tunnel needs --via socks5://[USER:PASS@]HOST:PORT or --via-file "
+	                      "PATH");
+	config_free(&cfg);
+
+	cr_assert_eq(parse(&cfg, err, 3, ARGS("--upstream-file", (char *)shared)), -EINVAL);
+	snprintf(want, sizeof(want),
+	         "--upstream-file: %s: other users may read or change it (mode 0604); chmod 600 it",
+	         shared);
+	cr_assert_str_eq(err, want);
+	config_free(&cfg);
+	cr_assert_eq(
+	    parse(&cfg, err, 6,
+	          ARGS("tunnel", "-L", "8080:example.com:80", "--via-file", (char *)shared)),
+	    -EINVAL);
+	cr_assert_not_null(strstr(err, "--via-file: "), "%s", err);
+	cr_assert_not_null(strstr(err, ": other users may read or change it (mode 0604)"), "%s",
+	                   err);
+	config_free(&cfg);
+	cred_dir_remove(&d);
+}
