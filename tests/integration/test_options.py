@@ -192,12 +192,15 @@ class CredentialsFileTest(unittest.TestCase):
                     self.assertEqual(h.echo_roundtrip(s, msg), msg)
                 self.assertNotIn(b"s3cr3t", cmdline(tunnel.pid))
 
+SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts",
+                      "tune.sh")
+
+
 class TuneScriptTest(unittest.TestCase):
     def test_help_prints_exactly_the_header_comment(self):
         """scripts/tune.sh --help printed a fixed range of its own lines, which had come to
         include its 'set -uo pipefail'."""
-        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts",
-                              "tune.sh")
+        script = SCRIPT
         with open(script) as f:
             lines = f.read().splitlines()[1:]  # after the #! line
         header = []
@@ -209,6 +212,26 @@ class TuneScriptTest(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertEqual(r.stdout.splitlines(), header)
         self.assertTrue(header[0].startswith("Shows the kernel settings"), header)
+
+    @unittest.skipIf(h.PEER, "ringsocks command line")
+    def test_running_ringsocks_command_lines_show_no_passwords(self):
+        """tune.sh (print only: without --apply it changes nothing) printed each running
+        ringsocks's command line as it was, --user and upstream passwords included."""
+        args = ["--user", "alice:secret", "--user=bob:se:cret2",
+                "--upstream", "socks5://carol:hunter2@127.0.0.1:1",
+                "--upstream=socks5h://dave:p@ss@[::1]:2"]
+        with h.Proxy(args, auth=("alice", "secret")) as proxy:
+            r = subprocess.run(["bash", SCRIPT], capture_output=True, text=True,
+                               timeout=30, stdin=subprocess.DEVNULL)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            line = next((x for x in r.stdout.splitlines()
+                         if x.startswith(f"ringsocks pid {proxy.pid}: ")), None)
+            self.assertIsNotNone(line, r.stdout)
+            for secret in ("secret", "cret2", "hunter2", "p@ss"):
+                self.assertNotIn(secret, r.stdout)
+            self.assertTrue(line.endswith(
+                " --user alice:*** --user=bob:*** --upstream socks5://carol:***@127.0.0.1:1"
+                " --upstream=socks5h://dave:***@[::1]:2"), line)
 
 if __name__ == "__main__":
     h.main()
