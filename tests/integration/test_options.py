@@ -84,6 +84,18 @@ class OptionsTest(unittest.TestCase):
             block = re.split(r"\n {2,6}-", re.split(rf"\n +{opt} ", out, 1)[1])[0]
             self.assertIn("socks5h://", block, f"{opt}:\n{block}")
 
+    def test_help_names_the_credentials_files_and_why(self):
+        """The options that keep passwords out of the command line say so in --help (server
+        and tunnel)."""
+        for args in (["--help"], ["tunnel", "--help"]):
+            rc, out, err = run(args)
+            self.assertEqual(rc, 0, err)
+            for opt in ("--users-file PATH", "--upstream-file PATH", "--via-file PATH"):
+                block = re.split(r"\n {2,6}-", re.split(rf"\n +{opt} ", out, 1)[1])[0]
+                self.assertIn("command line", block, f"{opt}:\n{block}")
+                self.assertIn("(ps)", block, f"{opt}:\n{block}")
+                self.assertIn("chmod 600", block, f"{opt}:\n{block}")
+
 
 def cmdline(pid):
     with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -105,8 +117,9 @@ class ViaFileTunnel(h.Tunnel):
 
 @unittest.skipIf(h.PEER, "ringsocks command line")
 class CredentialsFileTest(unittest.TestCase):
-    """--users-file: credentials that every local user could read in ps when given as --user
-    come from a file the others may not read."""
+    """--users-file, --upstream-file, --via-file: the credentials that every local user could
+    read in ps when given as --user, --upstream or --via come from a file the others may not
+    read."""
 
     def setUp(self):
         self.dir = tempfile.mkdtemp(prefix="ringsocks-creds-")
