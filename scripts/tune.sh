@@ -117,8 +117,32 @@ if [ -z "$pids" ]; then
   echo "No ringsocks running."
   exit 0
 fi
+# A ringsocks's command line with its passwords masked: --user NAME:***,
+# socks5://USER:***@HOST:PORT (socks5h:// too). This output gets pasted into tickets and chats;
+# the passwords are still in /proc/PID/cmdline: --users-file, --upstream-file and --via-file
+# keep them out of it.
+masked_cmdline() { # PID
+  local a prev= out=() argv=()
+  mapfile -d '' -t argv <"/proc/$1/cmdline" 2>/dev/null || return 1
+  for a in "${argv[@]}"; do
+    if [ "$prev" = --user ]; then
+      a="${a%%:*}:***"
+    elif [[ $a == --user=* ]]; then
+      a="${a%%=*}=$(v=${a#*=}; echo "${v%%:*}"):***"
+    fi
+    # socks5://USER:PASS@HOST: the user ends at the first ':', the password at the last '@'
+    # (as ringsocks splits them)
+    if [[ $a =~ ^(.*socks5h?://[^:]*):.*@([^@]*)$ ]]; then
+      a="${BASH_REMATCH[1]}:***@${BASH_REMATCH[2]}"
+    fi
+    out+=("$a")
+    prev=$a
+  done
+  echo "${out[*]}"
+}
+
 for pid in $pids; do
-  args=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || continue
+  args=$(masked_cmdline "$pid") || continue
   echo
   echo "ringsocks pid $pid: $args"
   printf '  %-8s %-16s %-12s %-9s %s\n' TID name allowed last_cpu state

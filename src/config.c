@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define DEFAULT_LISTEN "127.0.0.1:1080"
@@ -24,6 +25,11 @@ static const char usage[] =
     "  -w, --workers N             worker threads, one io_uring each (default: online CPUs)\n"
     "      --cpus LIST             pin worker i to the i-th CPU of LIST, e.g. 0,1 or 0-3\n"
     "      --user NAME:PASS        require RFC 1929 username/password; repeatable\n"
+    "      --users-file PATH       the same from a file, one NAME:PASS a line ('#' starts\n"
+    "                              a comment); repeatable. Unlike --user, the passwords\n"
+    "                              are not in the command line, which every local user\n"
+    "                              can read (ps); the file must not be accessible to\n"
+    "                              others (chmod 600)\n"
     "      --resolver IP:PORT      DNS server for domain names (default: /etc/resolv.conf)\n"
     "      --handshake-timeout S   close clients that have not finished the handshake\n"
     "                              after S seconds (default 10)\n"
@@ -44,6 +50,10 @@ static const char usage[] =
     "                              the SOCKS5 proxy socks5://[USER:PASS@]HOST:PORT;\n"
     "                              repeatable (round-robin with failover); socks5h:// is\n"
     "                              the same (names in requests always go to the proxy)\n"
+    "      --upstream-file PATH    the same from a file, one URL a line ('#' starts a\n"
+    "                              comment); repeatable. Keeps the upstream's password out\n"
+    "                              of the command line (ps); the file must not be\n"
+    "                              accessible to others (chmod 600)\n"
     "      --relay MODE            how bytes move after the handshake: splice (splice(2)\n"
     "                              from the loop on readiness), splice-sqe (splice SQEs),\n"
     "                              copy (recv into a buffer ring, then send),\n"
@@ -67,7 +77,8 @@ static const char usage[] =
     "  -h, --help                  show this help\n"
     "      --version               show the version\n"
     "\n"
-    "usage: ringsocks tunnel -L|-U [BIND_ADDR:]PORT:DEST_HOST:DEST_PORT... --via URL [options]\n"
+    "usage: ringsocks tunnel -L|-U [BIND_ADDR:]PORT:DEST_HOST:DEST_PORT...\n"
+    "                        --via URL|--via-file PATH [options]\n"
     "Forward every TCP connection (-L) or UDP datagram (-U) to a local port through a SOCKS5\n"
     "proxy to one destination.\n"
     "\n"
@@ -80,6 +91,10 @@ static const char usage[] =
     "      --via URL               the proxy, socks5://[USER:PASS@]HOST:PORT; repeatable\n"
     "                              (failover); socks5h:// is the same (a DEST_HOST name\n"
     "                              always goes to the proxy)\n"
+    "      --via-file PATH         the same from a file: its one URL (the first line that\n"
+    "                              is not blank or a '#' comment); repeatable. Keeps the\n"
+    "                              proxy's password out of the command line (ps); the file\n"
+    "                              must not be accessible to others (chmod 600)\n"
     "  -w, --cpus, --resolver, --connect-timeout, --max-conns, --keepalive,\n"
     "  --udp-idle-timeout, --relay, --pipes, --relay-memory, --congestion, -v\n"
     "                              as above\n";
@@ -102,6 +117,9 @@ enum {
 	OPT_PIPES,
 	OPT_RELAY_MEMORY,
 	OPT_KEEPALIVE,
+	OPT_USERS_FILE,
+	OPT_UPSTREAM_FILE,
+	OPT_VIA_FILE,
 };
 
 static const struct option long_opts[] = {
@@ -109,6 +127,7 @@ static const struct option long_opts[] = {
     {"workers", required_argument, NULL, 'w'},
     {"cpus", required_argument, NULL, OPT_CPUS},
     {"user", required_argument, NULL, OPT_USER},
+    {"users-file", required_argument, NULL, OPT_USERS_FILE},
     {"resolver", required_argument, NULL, OPT_RESOLVER},
     {"handshake-timeout", required_argument, NULL, OPT_HS_TIMEOUT},
     {"connect-timeout", required_argument, NULL, OPT_CONN_TIMEOUT},
@@ -118,6 +137,8 @@ static const struct option long_opts[] = {
     {"version", no_argument, NULL, OPT_VERSION},
     {"upstream", required_argument, NULL, OPT_UPSTREAM},
     {"via", required_argument, NULL, OPT_VIA},
+    {"upstream-file", required_argument, NULL, OPT_UPSTREAM_FILE},
+    {"via-file", required_argument, NULL, OPT_VIA_FILE},
     {"bind-timeout", required_argument, NULL, OPT_BIND_TIMEOUT},
     {"bind-ports", required_argument, NULL, OPT_BIND_PORTS},
     {"udp-idle-timeout", required_argument, NULL, OPT_UDP_IDLE},
@@ -525,6 +546,121 @@ int config_parse_tunnel(const char *spec, struct sockaddr_storage *ss, socklen_t
 	return config_parse_hostport(bind, ss, len);
 }
 
+/* Credentials files (--users-file, --upstream-file, --via-file): the values of --user,
+ * --upstream and --via kept out of the command line, which every local user can read (ps,
+ * /proc/PID/cmdline). One value a line; blank lines and lines
+ * starting with '#' are skipped, and a trailing '\r' (a file saved on Windows) is not part of
+ * the value. Errors name the file and line but never quote it: the line holds a password. */
+
+/* Like ssh with a private key: a file others may read has leaked its passwords already, and
+ * one they may write lets them add a user. Group read stays allowed for a root:ringsocks
+ * 0640 file read by a daemon in that group. */
+#define CRED_FILE_MODE_REFUSED (S_IWGRP | S_IRWXO)
+
+/* Adds one value (a NUL-terminated line; nth values of the file came before it) to cfg; on
+ * failure writes why, without the value. */
+typedef int (*cred_line_fn)(struct config *cfg, const char *line, int nth, char *why, size_t cap);
+
+static int read_cred_file(struct config *cfg, const char *opt, const char *path, const char *what,
+                          cred_line_fn add, char *err, size_t errlen)
+{
+	struct stat st;
+	char *line = NULL, why[128];
+	size_t cap = 0;
+	ssize_t n;
+	int lineno = 0, nvalues = 0, ret = 0, saved;
+	FILE *f = fopen(path, "re");
+
+	if (!f) {
+		snprintf(err, errlen, "%s: %s: %s", opt, path, strerror(errno));
+		return -EINVAL;
+	}
+	/* fstat, not stat: the file checked is the one read */
+	if (fstat(fileno(f), &st) < 0) {
+		snprintf(err, errlen, "%s: %s: %s", opt, path, strerror(errno));
+		fclose(f);
+		return -EINVAL;
+	}
+	if (st.st_mode & CRED_FILE_MODE_REFUSED) {
+		snprintf(err, errlen,
+		         "%s: %s: other users may read or change it (mode %04o); chmod 600 it", opt,
+		         path, (unsigned)(st.st_mode & 07777));
+		fclose(f);
+		return -EINVAL;
+	}
+	while ((n = getline(&line, &cap, f)) >= 0) {
+		lineno++;
+		if (n > 0 && line[n - 1] == '\n')
+			line[--n] = '\0';
+		if (n > 0 && line[n - 1] == '\r')
+			line[--n] = '\0';
+		if (strlen(line) != (size_t)n) {
+			snprintf(err, errlen, "%s: %s:%d: a NUL byte in the line", opt, path,
+			         lineno);
+			ret = -EINVAL;
+			break;
+		}
+		if (line[0] == '#' || line[strspn(line, " \t")] == '\0')
+			continue;
+		if (add(cfg, line, nvalues, why, sizeof(why)) < 0) {
+			snprintf(err, errlen, "%s: %s:%d: %s", opt, path, lineno, why);
+			ret = -EINVAL;
+			break;
+		}
+		nvalues++;
+	}
+	saved = errno;
+	if (ret == 0 && ferror(f)) {
+		snprintf(err, errlen, "%s: %s: %s", opt, path, strerror(saved));
+		ret = -EINVAL;
+	} else if (ret == 0 && nvalues == 0) {
+		/* an empty users file would quietly turn authentication off, an empty upstream
+		 * file forwarding */
+		snprintf(err, errlen, "%s: %s: no %s line", opt, path, what);
+		ret = -EINVAL;
+	}
+	free(line);
+	fclose(f);
+	return ret;
+}
+
+static int users_file_line(struct config *cfg, const char *line, int nth, char *why, size_t cap)
+{
+	(void)nth;
+	if (cfg->nusers == CONFIG_MAX_USERS)
+		snprintf(why, cap, "too many users (at most %d)", CONFIG_MAX_USERS);
+	else if (add_user(cfg, line) < 0)
+		snprintf(why, cap, "not NAME:PASS (name 1-255 bytes, password at most 255)");
+	else
+		return 0;
+	return -EINVAL;
+}
+
+static int upstream_file_line(struct config *cfg, const char *line, int nth, char *why, size_t cap)
+{
+	(void)nth;
+	if (cfg->nupstreams == CONFIG_MAX_UPSTREAMS)
+		snprintf(why, cap, "too many upstream proxies (at most %d)", CONFIG_MAX_UPSTREAMS);
+	else if (config_parse_upstream(line, &cfg->upstreams[cfg->nupstreams]) < 0)
+		snprintf(why, cap, "not socks5://[USER:PASS@]HOST:PORT");
+	else {
+		cfg->nupstreams++;
+		return 0;
+	}
+	return -EINVAL;
+}
+
+/* --via-file: the proxy is the file's one URL. A second one is refused rather than skipped
+ * quietly: whoever wrote it meant it to be used. */
+static int via_file_line(struct config *cfg, const char *line, int nth, char *why, size_t cap)
+{
+	if (nth > 0) {
+		snprintf(why, cap, "a second URL; one a file (another --via-file for failover)");
+		return -EINVAL;
+	}
+	return upstream_file_line(cfg, line, nth, why, cap);
+}
+
 /* An IPv4-mapped IPv6 address ([::ffff:A.B.C.D]) to listen on: every listening socket is
  * IPv6-only (so [::] and 0.0.0.0 can both be given), and bind(2) refuses a mapped address on
  * one with a bare EINVAL at start-up. Returns 1 and writes "A.B.C.D:PORT" to use instead. */
@@ -661,6 +797,19 @@ int config_parse(struct config *cfg, int argc, char **argv, char *err, size_t er
 				     opt == OPT_VIA ? "--via" : "--upstream", optarg);
 			cfg->nupstreams++;
 			break;
+		case OPT_UPSTREAM_FILE:
+		case OPT_VIA_FILE:
+			if ((opt == OPT_VIA_FILE) != (cfg->mode == MODE_TUNNEL))
+				FAIL("%s belongs to %s (see --help)",
+				     opt == OPT_VIA_FILE ? "--via-file" : "--upstream-file",
+				     opt == OPT_VIA_FILE ? "'ringsocks tunnel'" : "server mode");
+			if (read_cred_file(cfg,
+			                   opt == OPT_VIA_FILE ? "--via-file" : "--upstream-file",
+			                   optarg, "socks5:// URL",
+			                   opt == OPT_VIA_FILE ? via_file_line : upstream_file_line,
+			                   err, errlen) < 0)
+				return -EINVAL;
+			break;
 		case 'l':
 			if (cfg->mode == MODE_TUNNEL)
 				FAIL("a tunnel listens where -L says; -l is for server mode");
@@ -698,6 +847,15 @@ int config_parse(struct config *cfg, int argc, char **argv, char *err, size_t er
 				FAIL("--user: '%s' is not NAME:PASS (name 1-255 bytes, password at "
 				     "most 255)",
 				     optarg);
+			break;
+		case OPT_USERS_FILE:
+			if (cfg->mode == MODE_TUNNEL)
+				FAIL(
+				    "--users-file is for server mode; a tunnel's proxy credentials "
+				    "go in --via");
+			if (read_cred_file(cfg, "--users-file", optarg, "NAME:PASS",
+			                   users_file_line, err, errlen) < 0)
+				return -EINVAL;
 			break;
 		case OPT_RESOLVER:
 			if (set_resolver(cfg, optarg) < 0)
@@ -804,7 +962,7 @@ int config_parse(struct config *cfg, int argc, char **argv, char *err, size_t er
 	if (cfg->mode == MODE_TUNNEL && cfg->nlisten == 0 && cfg->nudp == 0)
 		FAIL("tunnel needs at least one -L or -U [BIND_ADDR:]PORT:DEST_HOST:DEST_PORT");
 	if (cfg->mode == MODE_TUNNEL && cfg->nupstreams == 0)
-		FAIL("tunnel needs --via socks5://[USER:PASS@]HOST:PORT");
+		FAIL("tunnel needs --via socks5://[USER:PASS@]HOST:PORT or --via-file PATH");
 	if (cfg->nlisten == 0 && cfg->mode != MODE_TUNNEL)
 		config_parse_hostport(DEFAULT_LISTEN, &cfg->listen[0], &cfg->listen_len[0]),
 		    cfg->nlisten = 1;

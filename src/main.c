@@ -271,6 +271,7 @@ int main(int argc, char **argv)
 		return 0;
 	if (ret < 0) {
 		fprintf(stderr, "ringsocks: %s\n", err);
+		config_free(&cfg); /* users read before the error */
 		return 2;
 	}
 	if (check_congestion(&cfg) < 0) {

@@ -5,6 +5,8 @@
 #include <sched.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "config.h"
 
@@ -685,4 +687,391 @@ Test(config, relay_memory)
 	char *bad[] = {"0", "-1", "65537", "8x", "", "1M"};
 	check_number_option("--relay-memory", get_relay_memory, CONFIG_RELAY_MEMORY_DEFAULT, 1,
 	                    65536, bad, 6);
+}
+
+/* Credentials files. Each test writes its files into a directory of its own. */
+struct cred_dir {
+	char dir[64];
+	char path[8][128];
+	int n;
+};
+
+/* dir/name with these bytes and mode (set after writing, so the umask does not matter). */
+static const char *cred_file(struct cred_dir *d, const char *name, const char *data, size_t len,
+                             mode_t mode)
+{
+	char *path = d->path[d->n++];
+	FILE *f;
+
+	if (!d->dir[0]) {
+		snprintf(d->dir, sizeof(d->dir), "/tmp/ringsocks-test-XXXXXX");
+		cr_assert_not_null(mkdtemp(d->dir));
+	}
+	/* through tmp: gcc cannot tell that path and d->dir do not overlap */
+	char tmp[sizeof(d->path[0])];
+	snprintf(tmp, sizeof(tmp), "%s/%s", d->dir, name);
+	memcpy(path, tmp, sizeof(tmp));
+	f = fopen(path, "w");
+	cr_assert_not_null(f);
+	cr_assert_eq(fwrite(data, 1, len, f), len);
+	cr_assert_eq(fclose(f), 0);
+	cr_assert_eq(chmod(path, mode), 0);
+	return path;
+}
+
+#define CRED_FILE(d, name, text, mode) cred_file(d, name, text, sizeof(text) - 1, mode)
+
+static void cred_dir_remove(struct cred_dir *d)
+{
+	for (int i = 0; i < d->n; i++)
+		unlink(d->path[i]);
+	if (d->dir[0])
+		rmdir(d->dir);
+}
+
+Test(config, users_file_reads_one_user_a_line)
+{
+	struct cred_dir d = {0};
+	struct config cfg;
+	char err[256] = "";
+	const char *a = CRED_FILE(&d, "a",
+	                          "# the proxy's users\n"
+	                          "\n"
+	                          "alice:se:cret\n"
+	                          "   \t\n"
+	                          "bob:\r\n"
+	                          "#carol:x\n"
+	                          "dave:p w#\r\n"
+	                          "erin:last line, no newline",
+	                          0600);
+	const char *b = CRED_FILE(&d, "b", "frank:f\n", 0640);
+
+	cr_assert_eq(
+	    parse(&cfg, err, 7,
+	          ARGS("--user", "zed:z", "--users-file", (char *)a, "--users-file", (char *)b)),
+	    0, "%s", err);
+	cr_assert_eq(cfg.nusers, 6);
+	cr_assert_str_eq(cfg.users[0].name, "zed", "--user and --users-file add up, in order");
+	cr_assert_str_eq(cfg.users[1].name, "alice");
+	cr_assert_str_eq(cfg.users[1].pass, "se:cret", "the first colon splits, as in --user");
+	cr_assert_str_eq(cfg.users[2].name, "bob");
+	cr_assert_eq(cfg.users[2].pass_len, 0, "a trailing \\r is not part of the password");
+	cr_assert_str_eq(cfg.users[3].pass, "p w#", "blanks and '#' inside a value are kept");
+	cr_assert_eq(cfg.users[3].pass_len, 4);
+	cr_assert_str_eq(cfg.users[4].pass, "last line, no newline");
+	cr_assert_str_eq(cfg.users[5].name, "frank", "group-readable (0640) is allowed");
+	cr_assert(config_check_user(&cfg, "alice", 5, "se:cret", 7));
+	cr_assert(config_check_user(&cfg, "bob", 3, "", 0));
+	cr_assert_not(config_check_user(&cfg, "carol", 5, "x", 1), "a comment is no user");
+	config_free(&cfg);
+	cred_dir_remove(&d);
+}
+
+/* The error names the file and the line, never what the line holds (a password). */
+Test(config, users_file_bad_line_is_named_by_number)
+{
+	static const struct {
+		const char *text, *msg;
+	} cases[] = {
+	    {"alice:pw\n# ok\nnocolon-hunter2\n", ":3: not NAME:PASS (name 1-255 bytes"},
+	    {"\n:hunter2\n", ":2: not NAME:PASS"},
+	    {"a:hunter2\r\n\r\nhunter2\r\n", ":3: not NAME:PASS (name 1-255 bytes, password "
+	                                     "at most 255)"},
+	    /* its text goes on past the NUL: see the length below */
+	    {"a:hunter2\nb:hunter2\0\n", ":2: a NUL byte in the line"},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct cred_dir d = {0};
+		struct config cfg;
+		char err[256] = "", want[256];
+		const char *p =
+		    cred_file(&d, "users", cases[i].text,
+		              strlen(cases[i].text) + (strstr(cases[i].msg, "NUL") ? 2 : 0), 0600);
+		cr_assert_eq(parse(&cfg, err, 3, ARGS("--users-file", (char *)p)), -EINVAL, "%zu",
+		             i);
+		snprintf(want, sizeof(want), "--users-file: %s%s", p, cases[i].msg);
+		cr_assert_eq(strncmp(err, want, strlen(want)), 0, "%s\nwant %s", err, want);
+		cr_assert_null(strstr(err, "hunter2"), "%s", err);
+		cr_assert_null(strchr(err, '\n'));
+		config_free(&cfg);
+		cred_dir_remove(&d);
+	}
+}
+
+Test(config, users_file_name_and_password_lengths_as_in_user)
+{
+	struct cred_dir d = {0};
+	struct config cfg;
+	char err[256] = "", text[1200], *o = text;
+
+	/* name 255 and password 255: the longest; then a password of 256 */
+	memset(o, 'n', 255), o += 255, *o++ = ':';
+	memset(o, 'p', 255), o += 255, *o++ = '\n';
+	memset(o, 'n', 1), o += 1, *o++ = ':';
+	memset(o, 'p', 256), o += 256, *o++ = '\n';
+	const char *p = cred_file(&d, "users", text, (size_t)(o - text), 0600);
+	cr_assert_eq(parse(&cfg, err, 3, ARGS("--users-file", (char *)p)), -EINVAL);
+	cr_assert_not_null(strstr(err, ":2: not NAME:PASS"), "%s", err);
+	cr_assert_eq(cfg.nusers, 1);
+	cr_assert_eq(cfg.users[0].name_len, 255);
+	cr_assert_eq(cfg.users[0].pass_len, 255);
+	config_free(&cfg);
+	cred_dir_remove(&d);
+}
+
+Test(config, users_file_holds_at_most_config_max_users)
+{
+	struct cred_dir d = {0};
+	struct config cfg;
+	char err[256] = "";
+	static char text[(CONFIG_MAX_USERS + 1) * 16];
+	size_t n = 0;
+
+	for (int i = 0; i <= CONFIG_MAX_USERS; i++)
+		n += (size_t)snprintf(text + n, sizeof(text) - n, "u%d:p\n", i);
+	const char *p = cred_file(&d, "users", text, n, 0600);
+	cr_assert_eq(parse(&cfg, err, 3, ARGS("--users-file", (char *)p)), -EINVAL);
+	cr_assert_not_null(strstr(err, ":1025: too many users (at most 1024)"), "%s", err);
+	config_free(&cfg);
+	cred_dir_remove(&d);
+}
+
+/* A file without a user would leave authentication off, which its author did not mean. */
+Test(config, users_file_without_users_is_an_error)
+{
+	static const char *texts[] = {"", "\n\n", "# alice:secret\n\r\n  \n"};
+	for (size_t i = 0; i < sizeof(texts) / sizeof(texts[0]); i++) {
+		struct cred_dir d = {0};
+		struct config cfg;
+		char err[256] = "", want[256];
+		const char *p = cred_file(&d, "users", texts[i], strlen(texts[i]), 0600);
+		cr_assert_eq(parse(&cfg, err, 3, ARGS("--users-file", (char *)p)), -EINVAL);
+		snprintf(want, sizeof(want), "--users-file: %s: no NAME:PASS line", p);
+		cr_assert_str_eq(err, want);
+		config_free(&cfg);
+		cred_dir_remove(&d);
+	}
+}
+
+Test(config, users_file_missing_or_unreadable)
+{
+	struct cred_dir d = {0};
+	struct config cfg;
+	char err[256] = "", want[256];
+
+	char missing[128];
+
+	CRED_FILE(&d, "x", "a:b\n", 0600);
+	snprintf(missing, sizeof(missing), "%s/nonexistent", d.dir);
+	cr_assert_eq(parse(&cfg, err, 3, ARGS("--users-file", missing)), -EINVAL);
+	snprintf(want, sizeof(want), "--users-file: %s: No such file or directory", missing);
+	cr_assert_str_eq(err, want);
+	config_free(&cfg);
+	/* a directory opens, then fails to read */
+	cr_assert_eq(parse(&cfg, err, 3, ARGS("--users-file", d.dir)), -EINVAL);
+	cr_assert_not_null(strstr(err, "Is a directory"), "%s", err);
+	config_free(&cfg);
+	cred_dir_remove(&d);
+}
+
+/* As ssh does with a private key: a file others may read (or change) is refused. */
+Test(config, users_file_others_may_not_read_or_write)
+{
+	static const mode_t refused[] = {0644, 0604, 0601, 0602, 0620, 0660, 0666, 0777};
+	for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+		struct cred_dir d = {0};
+		struct config cfg;
+		char err[256] = "", want[256];
+		const char *p = CRED_FILE(&d, "users", "alice:secret\n", refused[i]);
+		cr_assert_eq(parse(&cfg, err, 3, ARGS("--users-file", (char *)p)), -EINVAL, "%o",
+		             (unsigned)refused[i]);
+		snprintf(want, sizeof(want),
+		         "--users-file: %s: other users may read or change it (mode %04o); chmod "
+		         "600 it",
+		         p, (unsigned)refused[i]);
+		cr_assert_str_eq(err, want);
+		cr_assert_eq(cfg.nusers, 0);
+		config_free(&cfg);
+		cred_dir_remove(&d);
+	}
+	static const mode_t allowed[] = {0600, 0400, 0640, 0440};
+	for (size_t i = 0; i < sizeof(allowed) / sizeof(allowed[0]); i++) {
+		struct cred_dir d = {0};
+		struct config cfg;
+		char err[256] = "";
+		const char *p = CRED_FILE(&d, "users", "alice:secret\n", allowed[i]);
+		cr_assert_eq(parse(&cfg, err, 3, ARGS("--users-file", (char *)p)), 0, "%o: %s",
+		             (unsigned)allowed[i], err);
+		cr_assert_eq(cfg.nusers, 1);
+		config_free(&cfg);
+		cred_dir_remove(&d);
+	}
+}
+
+Test(config, tunnel_refuses_users_file)
+{
+	struct cred_dir d = {0};
+	struct config cfg;
+	char err[256] = "";
+	const char *p = CRED_FILE(&d, "users", "alice:secret\n", 0600);
+
+	cr_assert_eq(parse(&cfg, err, 8,
+	                   ARGS("tunnel", "-L", "8080:example.com:80", "--via",
+	                        "socks5://127.0.0.1:1080", "--users-file", (char *)p)),
+	             -EINVAL);
+	cr_assert_str_eq(err, "--users-file is for server mode; a tunnel's proxy credentials go in "
+	                      "--via");
+	config_free(&cfg);
+	cred_dir_remove(&d);
+}
+
+Test(config, upstream_file_reads_one_url_a_line)
+{
+	struct cred_dir d = {0};
+	struct config cfg;
+	char err[256] = "";
+	const char *p = CRED_FILE(&d, "upstreams",
+	                          "# the upstreams, in order\r\n"
+	                          "socks5://al%40ice:p:w@127.0.0.1:1080\r\n"
+	                          "\n"
+	                          "socks5h://bob:hunter2@[::1]:1081/\n",
+	                          0600);
+
+	cr_assert_eq(
+	    parse(&cfg, err, 5,
+	          ARGS("--upstream", "socks5://10.0.0.1:1080", "--upstream-file", (char *)p)),
+	    0, "%s", err);
+	cr_assert_eq(cfg.nupstreams, 3, "--upstream and --upstream-file add up, in order");
+	cr_assert_str_eq(cfg.upstreams[0].text, "10.0.0.1:1080");
+	cr_assert_eq(cfg.upstreams[1].has_auth, 1);
+	cr_assert_str_eq(cfg.upstreams[1].user, "al@ice", "%XX escapes as in --upstream");
+	cr_assert_str_eq(cfg.upstreams[1].pass, "p:w");
+	cr_assert_str_eq(cfg.upstreams[1].text, "127.0.0.1:1080", "no \\r in the port");
+	cr_assert_str_eq(cfg.upstreams[2].user, "bob");
+	cr_assert_str_eq(cfg.upstreams[2].pass, "hunter2");
+	cr_assert_eq(cfg.upstreams[2].addr.atyp, SOCKS5_ATYP_IPV6);
+	cr_assert_eq(cfg.upstreams[2].addr.port, 1081);
+	config_free(&cfg);
+	cred_dir_remove(&d);
+}
+
+Test(config, upstream_file_errors_name_the_file_and_line)
+{
+	static const struct {
+		const char *text, *msg;
+	} cases[] = {
+	    {"socks5://127.0.0.1:1\n#\nsocks5://u:hunter2@127.0.0.1\n",
+	     ":3: not socks5://[USER:PASS@]HOST:PORT"},
+	    {"http://u:hunter2@127.0.0.1:1\n", ":1: not socks5://[USER:PASS@]HOST:PORT"},
+	    {"# socks5://u:hunter2@127.0.0.1:1\n\n", ": no socks5:// URL line"},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct cred_dir d = {0};
+		struct config cfg;
+		char err[256] = "", want[256];
+		const char *p = cred_file(&d, "up", cases[i].text, strlen(cases[i].text), 0600);
+		cr_assert_eq(parse(&cfg, err, 3, ARGS("--upstream-file", (char *)p)), -EINVAL,
+		             "%zu", i);
+		snprintf(want, sizeof(want), "--upstream-file: %s%s", p, cases[i].msg);
+		cr_assert_str_eq(err, want);
+		config_free(&cfg);
+		cred_dir_remove(&d);
+	}
+
+	/* at most CONFIG_MAX_UPSTREAMS, counting those of --upstream */
+	struct cred_dir d = {0};
+	struct config cfg;
+	char err[256] = "", text[64 * (CONFIG_MAX_UPSTREAMS + 1)];
+	size_t n = 0;
+	for (int i = 0; i < CONFIG_MAX_UPSTREAMS; i++)
+		n += (size_t)snprintf(text + n, sizeof(text) - n, "socks5://127.0.0.1:%d\n", i + 1);
+	const char *p = cred_file(&d, "up", text, n, 0600);
+	cr_assert_eq(
+	    parse(&cfg, err, 5,
+	          ARGS("--upstream", "socks5://10.0.0.1:1080", "--upstream-file", (char *)p)),
+	    -EINVAL);
+	cr_assert_not_null(strstr(err, ":16: too many upstream proxies (at most 16)"), "%s", err);
+	config_free(&cfg);
+	cred_dir_remove(&d);
+}
+
+Test(config, via_file_is_the_tunnels_proxy)
+{
+	struct cred_dir d = {0};
+	struct config cfg;
+	char err[256] = "", want[256];
+	const char *one = CRED_FILE(
+	    &d, "via", "\n# the proxy\nsocks5://alice:hunter2@proxy.example:1080\r\n", 0600);
+	const char *two = CRED_FILE(&d, "two",
+	                            "socks5://alice:hunter2@127.0.0.1:1080\n\n"
+	                            "socks5://bob:hunter2@127.0.0.2:1080\n",
+	                            0600);
+
+	cr_assert_eq(parse(&cfg, err, 6,
+	                   ARGS("tunnel", "-L", "8080:example.com:80", "--via-file", (char *)one)),
+	             0, "%s", err);
+	cr_assert_eq(cfg.nupstreams, 1, "no --via needed");
+	cr_assert_str_eq(cfg.upstreams[0].user, "alice");
+	cr_assert_str_eq(cfg.upstreams[0].pass, "hunter2");
+	cr_assert_str_eq(cfg.upstreams[0].text, "proxy.example:1080");
+	config_free(&cfg);
+
+	/* one URL a file: a second is not dropped without a word */
+	cr_assert_eq(parse(&cfg, err, 6,
+	                   ARGS("tunnel", "-L", "8080:example.com:80", "--via-file", (char *)two)),
+	             -EINVAL);
+	snprintf(want, sizeof(want),
+	         "--via-file: %s:3: a second URL; one a file (another --via-file for failover)",
+	         two);
+	cr_assert_str_eq(err, want);
+	config_free(&cfg);
+
+	/* repeatable, with --via: failover in the order given */
+	cr_assert_eq(parse(&cfg, err, 10,
+	                   ARGS("tunnel", "-L", "8080:example.com:80", "--via-file", (char *)one,
+	                        "--via", "socks5://10.0.0.1:1080", "--via-file", (char *)one)),
+	             0, "%s", err);
+	cr_assert_eq(cfg.nupstreams, 3);
+	cr_assert_str_eq(cfg.upstreams[1].text, "10.0.0.1:1080");
+	config_free(&cfg);
+	cred_dir_remove(&d);
+}
+
+Test(config, upstream_and_via_files_belong_to_their_modes_and_are_private)
+{
+	struct cred_dir d = {0};
+	struct config cfg;
+	char err[256] = "", want[256];
+	const char *p = CRED_FILE(&d, "url", "socks5://alice:hunter2@127.0.0.1:1080\n", 0600);
+	const char *shared = CRED_FILE(&d, "open", "socks5://alice:hunter2@127.0.0.1:1080\n", 0604);
+
+	cr_assert_eq(parse(&cfg, err, 3, ARGS("--via-file", (char *)p)), -EINVAL);
+	cr_assert_str_eq(err, "--via-file belongs to 'ringsocks tunnel' (see --help)");
+	config_free(&cfg);
+	cr_assert_eq(
+	    parse(&cfg, err, 6,
+	          ARGS("tunnel", "-L", "8080:example.com:80", "--upstream-file", (char *)p)),
+	    -EINVAL);
+	cr_assert_str_eq(err, "--upstream-file belongs to server mode (see --help)");
+	config_free(&cfg);
+	cr_assert_eq(parse(&cfg, err, 4, ARGS("tunnel", "-L", "8080:example.com:80")), -EINVAL);
+	cr_assert_str_eq(err, "tunnel needs --via socks5://[USER:PASS@]HOST:PORT or --via-file "
+	                      "PATH");
+	config_free(&cfg);
+
+	cr_assert_eq(parse(&cfg, err, 3, ARGS("--upstream-file", (char *)shared)), -EINVAL);
+	snprintf(want, sizeof(want),
+	         "--upstream-file: %s: other users may read or change it (mode 0604); chmod 600 it",
+	         shared);
+	cr_assert_str_eq(err, want);
+	config_free(&cfg);
+	cr_assert_eq(
+	    parse(&cfg, err, 6,
+	          ARGS("tunnel", "-L", "8080:example.com:80", "--via-file", (char *)shared)),
+	    -EINVAL);
+	cr_assert_not_null(strstr(err, "--via-file: "), "%s", err);
+	cr_assert_not_null(strstr(err, ": other users may read or change it (mode 0604)"), "%s",
+	                   err);
+	config_free(&cfg);
+	cred_dir_remove(&d);
 }
