@@ -23,6 +23,7 @@ int conn_table_init(struct conn_table *t, uint32_t n)
 	t->nfree = n;
 	for (int k = 0; k < TIMER__COUNT; k++)
 		t->timers[k].head = t->timers[k].tail = CONN_NIL;
+	t->step.head = t->step.tail = CONN_NIL;
 	return 0;
 }
 
@@ -49,7 +50,7 @@ struct conn *conn_alloc(struct conn_table *t)
 	c->gen = gen;
 	c->state = CONN_HANDSHAKE;
 	c->cfd = c->tfd = -1;
-	c->tprev = c->tnext = c->qnext = CONN_NIL;
+	c->tprev = c->tnext = c->qnext = c->sprev = c->snext = CONN_NIL;
 	c->result = 0xFF;
 	c->tx_base = c->txbuf;
 	for (int d = 0; d < 2; d++)
@@ -84,6 +85,7 @@ void conn_timer_clear(struct conn_table *t, struct conn *c)
 {
 	struct timer_list *l;
 
+	conn_step_clear(t, c); /* the step is part of the connect deadline */
 	if (c->timer == TIMER_NONE)
 		return;
 	l = &t->timers[c->timer];
@@ -99,34 +101,59 @@ void conn_timer_clear(struct conn_table *t, struct conn *c)
 	c->timer = TIMER_NONE;
 }
 
-void conn_timer_set_at(struct conn_table *t, struct conn *c, enum timer_kind k,
-                       uint64_t deadline_ms)
+void conn_timer_set(struct conn_table *t, struct conn *c, enum timer_kind k, uint64_t now_ms)
 {
 	struct timer_list *l = &t->timers[k];
-	uint32_t idx = conn_index(t, c), after;
+	uint32_t idx = conn_index(t, c);
 
 	conn_timer_clear(t, c);
 	c->timer = (uint8_t)k;
-	c->deadline_ms = deadline_ms;
-	/* a list of one timeout stops at its tail at once */
-	after = l->tail;
-	while (after != CONN_NIL && t->slots[after].deadline_ms > deadline_ms)
-		after = t->slots[after].tprev;
-	c->tprev = after;
-	c->tnext = after != CONN_NIL ? t->slots[after].tnext : l->head;
-	if (c->tnext != CONN_NIL)
-		t->slots[c->tnext].tprev = idx;
-	else
-		l->tail = idx;
-	if (after != CONN_NIL)
-		t->slots[after].tnext = idx;
+	c->deadline_ms = now_ms + l->timeout_ms;
+	c->tnext = CONN_NIL;
+	c->tprev = l->tail;
+	if (l->tail != CONN_NIL)
+		t->slots[l->tail].tnext = idx;
 	else
 		l->head = idx;
+	l->tail = idx;
 }
 
-void conn_timer_set(struct conn_table *t, struct conn *c, enum timer_kind k, uint64_t now_ms)
+void conn_step_clear(struct conn_table *t, struct conn *c)
 {
-	conn_timer_set_at(t, c, k, now_ms + t->timers[k].timeout_ms);
+	if (!c->on_step)
+		return;
+	if (c->sprev != CONN_NIL)
+		t->slots[c->sprev].snext = c->snext;
+	else
+		t->step.head = c->snext;
+	if (c->snext != CONN_NIL)
+		t->slots[c->snext].sprev = c->sprev;
+	else
+		t->step.tail = c->sprev;
+	c->sprev = c->snext = CONN_NIL;
+	c->on_step = 0;
+}
+
+void conn_step_set(struct conn_table *t, struct conn *c, uint64_t now_ms)
+{
+	uint32_t idx = conn_index(t, c);
+
+	conn_step_clear(t, c);
+	c->on_step = 1;
+	c->step_ms = now_ms + t->step.timeout_ms;
+	c->snext = CONN_NIL;
+	c->sprev = t->step.tail;
+	if (t->step.tail != CONN_NIL)
+		t->slots[t->step.tail].snext = idx;
+	else
+		t->step.head = idx;
+	t->step.tail = idx;
+}
+
+struct conn *conn_step_expired(struct conn_table *t, uint64_t now_ms)
+{
+	uint32_t h = t->step.head;
+	return h != CONN_NIL && t->slots[h].step_ms <= now_ms ? &t->slots[h] : NULL;
 }
 
 struct conn *conn_timer_expired(struct conn_table *t, uint64_t now_ms)
@@ -147,5 +174,7 @@ uint64_t conn_timer_next(const struct conn_table *t)
 		if (h != CONN_NIL && t->slots[h].deadline_ms < next)
 			next = t->slots[h].deadline_ms;
 	}
+	if (t->step.head != CONN_NIL && t->slots[t->step.head].step_ms < next)
+		next = t->slots[t->step.head].step_ms;
 	return next;
 }

@@ -96,9 +96,6 @@ enum timer_kind {
 	TIMER_LINGER,
 	TIMER_BIND,     /* --bind-timeout */
 	TIMER_UDP_IDLE, /* --udp-idle-timeout */
-	/* a connect to one of several addresses: a share of --connect-timeout, then the next
-	 * address (deadlines differ: kept sorted by conn_timer_set_at) */
-	TIMER_CONNECT_NEXT,
 	TIMER__COUNT
 };
 
@@ -155,7 +152,11 @@ struct conn {
 	uint32_t tprev, tnext;  /* deadline list links (slot indices, UINT32_MAX: none) */
 	uint32_t qnext;         /* runnable list link */
 	uint64_t deadline_ms;
-	uint64_t connect_by_ms; /* the whole --connect-timeout's deadline, while on CONNECT_NEXT */
+	/* the connect step: one of several addresses has a share of --connect-timeout (its own
+	 * list, beside TIMER_CONNECT, which keeps the whole deadline) */
+	uint64_t step_ms;
+	uint32_t sprev, snext;
+	uint8_t on_step;
 	uint64_t start_ms;
 	struct relay_dir dir[2];
 	struct sockaddr_in6 addrs[CONN_MAX_ADDRS]; /* big enough for sockaddr_in too */
@@ -179,6 +180,7 @@ struct conn_table {
 	uint32_t size;
 	uint32_t live;
 	struct timer_list timers[TIMER__COUNT];
+	struct timer_list step; /* connect steps (conn_step_set), one timeout: appended in order */
 };
 
 /* Allocate a table of n slots (all memory up front). Returns 0 or -ENOMEM. */
@@ -200,13 +202,16 @@ struct conn *conn_lookup(struct conn_table *t, uint64_t ud);
 
 /* Deadline lists: every list has one timeout, so appending keeps it sorted. */
 void conn_timer_set(struct conn_table *t, struct conn *c, enum timer_kind k, uint64_t now_ms);
-/* The same with a deadline of its own: inserted in order, searching from the latest. */
-void conn_timer_set_at(struct conn_table *t, struct conn *c, enum timer_kind k,
-                       uint64_t deadline_ms);
+/* Off its list, and off the step list. */
 void conn_timer_clear(struct conn_table *t, struct conn *c);
-/* The first expired slot of any list at now_ms, or NULL. */
+/* A connect step: c is on the step list (now + step.timeout_ms) as well as on its timer's. */
+void conn_step_set(struct conn_table *t, struct conn *c, uint64_t now_ms);
+void conn_step_clear(struct conn_table *t, struct conn *c);
+/* The first expired step at now_ms, or NULL. */
+struct conn *conn_step_expired(struct conn_table *t, uint64_t now_ms);
+/* The first expired slot of any timer list at now_ms (steps aside), or NULL. */
 struct conn *conn_timer_expired(struct conn_table *t, uint64_t now_ms);
-/* The earliest deadline of all lists, or UINT64_MAX. */
+/* The earliest deadline of all lists, steps included, or UINT64_MAX. */
 uint64_t conn_timer_next(const struct conn_table *t);
 
 #endif

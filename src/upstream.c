@@ -110,7 +110,11 @@ void upstream_timeout(struct worker *w, struct conn *c)
 {
 	char why[320];
 
-	if (c->state != CONN_UP_HANDSHAKE || uphs(w, c)->cli.state != SOCKS5_CLI_REPLY) {
+	/* the request counts as taken once all of it is out (the codec is in CLI_REPLY as soon
+	 * as it is queued); a UDP ASSOCIATE has no destination to reach: its reply is the
+	 * upstream's alone */
+	if (c->state != CONN_UP_HANDSHAKE || uphs(w, c)->cli.state != SOCKS5_CLI_REPLY ||
+	    (c->pending & CONN_OP_BIT(OP_SEND_T)) || is_udp(w, c)) {
 		upstream_failed(w, c, "timed out");
 		return;
 	}

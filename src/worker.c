@@ -478,16 +478,11 @@ void worker_connect_next(struct worker *w, struct conn *c)
 		c->state = CONN_CONNECTING;
 		/* With more addresses to try, this one gets a share of the time only: one that
 		 * drops our SYNs (IPv6 without a route out, say) must not take the whole timeout
-		 * from the next. The last gets what is left of --connect-timeout. */
-		if (c->timer == TIMER_CONNECT)
-			c->connect_by_ms = c->deadline_ms;
-		if (c->addr_i + 1 < c->naddrs) {
-			uint64_t step = w->now_ms + w->conns.timers[TIMER_CONNECT_NEXT].timeout_ms;
-			conn_timer_set_at(&w->conns, c, TIMER_CONNECT_NEXT,
-			                  step < c->connect_by_ms ? step : c->connect_by_ms);
-		} else if (c->timer == TIMER_CONNECT_NEXT) {
-			conn_timer_set_at(&w->conns, c, TIMER_CONNECT_NEXT, c->connect_by_ms);
-		}
+		 * from the next. TIMER_CONNECT keeps the whole deadline meanwhile. */
+		if (c->addr_i + 1 < c->naddrs)
+			conn_step_set(&w->conns, c, w->now_ms);
+		else
+			conn_step_clear(&w->conns, c);
 		sqe = worker_sqe(w);
 		io_uring_prep_connect(sqe, fd, (struct sockaddr *)a, len);
 		sqe->user_data = worker_op(w, c, OP_CONNECT);
@@ -526,10 +521,7 @@ static void on_connect(struct worker *w, struct conn *c, int res)
 		return;
 	}
 	if (c->via != VIA_DIRECT) {
-		/* the connect deadline covers its handshake too: all of it, not an address's share
-		 */
-		if (c->timer == TIMER_CONNECT_NEXT)
-			conn_timer_set_at(&w->conns, c, TIMER_CONNECT_NEXT, c->connect_by_ms);
+		conn_step_clear(&w->conns, c); /* the connect deadline covers its handshake too */
 		upstream_connected(w, c);
 		return;
 	}
@@ -851,6 +843,8 @@ static void after_tx(struct worker *w, struct conn *c)
 
 static void on_send_target(struct worker *w, struct conn *c, int res)
 {
+	if (c->tfd < 0)
+		return; /* a send of the upstream handshake that ended after the attempt failed */
 	if (res < 0) {
 		worker_conn_close(w, c, "target error");
 		return;
@@ -869,17 +863,19 @@ static void on_send_target(struct worker *w, struct conn *c, int res)
 	maybe_start_relay(w, c);
 }
 
+/* An address of several had its share of --connect-timeout: cancel its connect, and once
+ * that has ended (on_connect) try the next one, within what is left of TIMER_CONNECT. */
+static void on_step(struct worker *w, struct conn *c)
+{
+	conn_step_clear(&w->conns, c);
+	if (c->state != CONN_CONNECTING || c->addr_i + 1 >= c->naddrs)
+		return;
+	c->state = CONN_CONNECT_NEXT;
+	worker_cancel_ops(w, c, CONN_OP_BIT(OP_CONNECT));
+}
+
 static void on_timeout(struct worker *w, struct conn *c)
 {
-	if (c->timer == TIMER_CONNECT_NEXT && c->state == CONN_CONNECTING &&
-	    c->addr_i + 1 < c->naddrs && w->now_ms < c->connect_by_ms) {
-		/* this address had its share: cancel its connect, and once that has ended
-		 * (on_connect) try the next one, within what is left of the timeout */
-		conn_timer_set_at(&w->conns, c, TIMER_CONNECT_NEXT, c->connect_by_ms);
-		c->state = CONN_CONNECT_NEXT;
-		worker_cancel_ops(w, c, CONN_OP_BIT(OP_CONNECT));
-		return;
-	}
 	conn_timer_clear(&w->conns, c);
 	switch (c->state) {
 	case CONN_HANDSHAKE:
@@ -1138,10 +1134,9 @@ static int worker_setup(struct worker *w)
 	w->conns.timers[TIMER_UDP_IDLE].timeout_ms =
 	    (uint64_t)(w->cfg->udp_idle_timeout * 1000 + 0.5);
 	/* the share of one of several addresses: half the timeout, at most CONNECT_STEP_MS */
-	w->conns.timers[TIMER_CONNECT_NEXT].timeout_ms =
-	    w->conns.timers[TIMER_CONNECT].timeout_ms / 2 < CONNECT_STEP_MS
-	        ? w->conns.timers[TIMER_CONNECT].timeout_ms / 2
-	        : CONNECT_STEP_MS;
+	w->conns.step.timeout_ms = w->conns.timers[TIMER_CONNECT].timeout_ms / 2 < CONNECT_STEP_MS
+	                               ? w->conns.timers[TIMER_CONNECT].timeout_ms / 2
+	                               : CONNECT_STEP_MS;
 	if (w->cfg->nupstreams) {
 		w->uphs = calloc(slots, sizeof(*w->uphs));
 		if (!w->uphs)
@@ -1203,6 +1198,8 @@ void *worker_main(void *arg)
 		int ret;
 
 		w->now_ms = worker_now_ms();
+		while ((c = conn_step_expired(&w->conns, w->now_ms)))
+			on_step(w, c);
 		while ((c = conn_timer_expired(&w->conns, w->now_ms)))
 			on_timeout(w, c);
 		dns_next = dns_tick(w->dns, w->now_ms);

@@ -89,28 +89,35 @@ Test(conn, deadlines_expire_in_order_and_clear)
 	cr_assert_eq(conn_timer_next(&t), UINT64_MAX);
 }
 
-Test(conn, deadlines_of_their_own_are_kept_in_order)
+Test(conn, a_connect_step_runs_beside_the_connect_deadline)
 {
-	struct conn *a = conn_alloc(&t), *b = conn_alloc(&t), *c = conn_alloc(&t),
-	            *d = conn_alloc(&t);
+	t.timers[TIMER_CONNECT].timeout_ms = 10000;
+	t.step.timeout_ms = 2000;
+	struct conn *a = conn_alloc(&t), *b = conn_alloc(&t);
 
-	/* inserted out of order: the list comes out earliest first */
-	conn_timer_set_at(&t, a, TIMER_CONNECT_NEXT, 3000);
-	conn_timer_set_at(&t, b, TIMER_CONNECT_NEXT, 1000); /* new head */
-	conn_timer_set_at(&t, c, TIMER_CONNECT_NEXT, 2000); /* between */
-	conn_timer_set_at(&t, d, TIMER_CONNECT_NEXT, 4000); /* new tail */
-	cr_assert_eq(conn_timer_next(&t), 1000);
-	cr_assert_eq(conn_timer_expired(&t, 1000), b);
+	conn_timer_set(&t, a, TIMER_CONNECT, 1000); /* 11000 */
+	conn_step_set(&t, a, 1000);                 /* 3000 */
+	conn_timer_set(&t, b, TIMER_CONNECT, 1500); /* 11500 */
+	conn_step_set(&t, b, 1500);                 /* 3500 */
+	cr_assert_eq(conn_timer_next(&t), 3000);
+	cr_assert_null(conn_step_expired(&t, 2999));
+	cr_assert_eq(conn_step_expired(&t, 3000), a);
+	/* the next address's step: a moves behind b, its connect deadline stays */
+	conn_step_set(&t, a, 3000); /* 5000 */
+	cr_assert_eq(conn_step_expired(&t, 4000), b);
+	conn_step_clear(&t, b);
+	cr_assert_null(conn_step_expired(&t, 4000));
+	cr_assert_eq(conn_timer_next(&t), 5000);
+	/* the last address: no step, the connect deadline is what is left */
+	conn_step_clear(&t, a);
+	cr_assert_eq(conn_timer_next(&t), 11000);
+	cr_assert_eq(conn_timer_expired(&t, 11000), a);
+	/* clearing the timer takes a connection off the step list too */
+	conn_step_set(&t, b, 4000);
 	conn_timer_clear(&t, b);
-	cr_assert_eq(conn_timer_expired(&t, 2500), c);
-	/* moved later within the same list: behind a */
-	conn_timer_set_at(&t, c, TIMER_CONNECT_NEXT, 3500);
-	cr_assert_eq(conn_timer_expired(&t, 3600), a);
-	conn_timer_clear(&t, a);
-	cr_assert_eq(conn_timer_expired(&t, 3600), c);
-	conn_timer_clear(&t, c);
-	cr_assert_null(conn_timer_expired(&t, 3600));
-	cr_assert_eq(conn_timer_expired(&t, 4000), d);
-	conn_release(&t, d);
+	cr_assert_null(conn_step_expired(&t, 1 << 30));
+	conn_release(&t, a);
+	conn_step_set(&t, b, 5000);
+	conn_release(&t, b); /* release unlinks both */
 	cr_assert_eq(conn_timer_next(&t), UINT64_MAX);
 }
