@@ -581,6 +581,13 @@ static int read_cred_file(struct config *cfg, const char *opt, const char *path,
 		fclose(f);
 		return -EINVAL;
 	}
+	/* as ssh: owned by us or by root, or its owner can change it to let anyone in */
+	if (st.st_uid != geteuid() && st.st_uid != 0) {
+		snprintf(err, errlen, "%s: %s: owned by uid %u, not by this user or root", opt,
+		         path, (unsigned)st.st_uid);
+		fclose(f);
+		return -EINVAL;
+	}
 	if (st.st_mode & CRED_FILE_MODE_REFUSED) {
 		snprintf(err, errlen,
 		         "%s: %s: other users may read or change it (mode %04o); chmod 600 it", opt,

@@ -874,6 +874,29 @@ Test(config, users_file_missing_or_unreadable)
 	cred_dir_remove(&d);
 }
 
+/* As ssh: a file owned by another user (not root) is refused, whatever its mode: its owner
+ * could add a login. Needs root to give a file away. */
+Test(config, users_file_owned_by_another_user_is_refused)
+{
+	struct cred_dir d = {0};
+	struct config cfg;
+	char err[256] = "", want[256];
+
+	if (geteuid() != 0)
+		cr_skip_test("needs root to chown a file to another user");
+	const char *p = CRED_FILE(&d, "users", "alice:secret\n", 0600);
+	cr_assert_eq(chown(p, 65534, (gid_t)-1), 0);
+	cr_assert_eq(parse(&cfg, err, 3, ARGS("--users-file", (char *)p)), -EINVAL);
+	snprintf(want, sizeof(want),
+	         "--users-file: %s: owned by uid 65534, not by this user or root", p);
+	cr_assert_str_eq(err, want);
+	config_free(&cfg);
+	cr_assert_eq(chown(p, 0, (gid_t)-1), 0);
+	cr_assert_eq(parse(&cfg, err, 3, ARGS("--users-file", (char *)p)), 0, "%s", err);
+	config_free(&cfg);
+	cred_dir_remove(&d);
+}
+
 /* As ssh does with a private key: a file others may read (or change) is refused. */
 Test(config, users_file_others_may_not_read_or_write)
 {
