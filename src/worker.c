@@ -1225,9 +1225,8 @@ void *worker_main(void *arg)
 		ret = io_uring_submit_and_wait_timeout(&w->ring, &cqe, 1, &ts, NULL);
 		if (ret < 0 && ret != -ETIME && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY) {
 			log_err("worker %d: io_uring_enter: %s; stopping", w->id, strerror(-ret));
-			/* the kernel would go on queueing this worker's share of new clients on its
-			 * listener, and nobody would accept them: the whole process stops instead
-			 */
+			/* the kernel would go on queueing this worker's share of new clients on
+			 * its listener, and nobody would accept them: the process stops instead */
 			w->run_err = ret;
 			kill(getpid(), SIGTERM);
 			break;
