@@ -79,9 +79,13 @@ static void set_port(struct sockaddr_storage *ss, uint16_t port)
 static int open_listener(struct worker *w, struct sockaddr_storage *addr)
 {
 	uint32_t lo = w->cfg->bind_port_lo, n = lo ? (uint32_t)w->cfg->bind_port_hi - lo + 1 : 1;
+	/* at most BIND_PORT_TRIES ports a request, from where the last one stopped: with a wide
+	 * --bind-ports range in use, trying all of it (a socket, bind and close a port) held the
+	 * worker for each BIND a client asked for */
+	uint32_t tries = n < BIND_PORT_TRIES ? n : BIND_PORT_TRIES;
 	int one = 1, err = -EADDRINUSE;
 
-	for (uint32_t i = 0; i < n; i++) {
+	for (uint32_t i = 0; i < tries; i++) {
 		uint32_t k = (w->bind_port_next + i) % n;
 		int fd = socket(addr->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 
@@ -104,6 +108,7 @@ static int open_listener(struct worker *w, struct sockaddr_storage *addr)
 		if (err != -EADDRINUSE)
 			break;
 	}
+	w->bind_port_next = (w->bind_port_next + tries) % n; /* the next BIND tries further on */
 	return err;
 }
 

@@ -3,7 +3,8 @@
 #ifndef RINGSOCKS_BIND_H
 #define RINGSOCKS_BIND_H
 
-#define BIND_BACKLOG 8 /* peers from the wrong address queue here until closed */
+#define BIND_BACKLOG    8  /* peers from the wrong address queue here until closed */
+#define BIND_PORT_TRIES 64 /* ports of --bind-ports one BIND tries at most */
 
 struct worker;
 struct conn;

@@ -85,11 +85,34 @@ struct udp_worker {
 	uint32_t *hash; /* sender -> slot chains */
 	uint32_t hmask;
 	uint64_t local_dropped;
+	uint32_t held; /* buffers held by waiting datagrams, all associations */
 };
 
 static struct udp_assoc *assoc_of(struct worker *w, const struct conn *c)
 {
 	return &w->udp->assoc[conn_index(&w->conns, c)];
+}
+
+/* A datagram waits (for its name, or for a tunnel's association) in the buffer it came in,
+ * at most UDP_MAX_WAITING an association and UDP_MAX_HELD a worker: associations whose
+ * names never resolve could otherwise hold every buffer of the ring for as long as their
+ * queries take to fail, and stop all UDP on the worker. NULL: drop it. */
+static struct udp_wait *wait_push(struct udp_worker *u, struct udp_assoc *a)
+{
+	if (a->nwait == UDP_MAX_WAITING || u->held >= UDP_MAX_HELD)
+		return NULL;
+	u->held++;
+	return &a->wait[(a->whead + a->nwait++) % UDP_MAX_WAITING];
+}
+
+static struct udp_wait wait_pop(struct udp_worker *u, struct udp_assoc *a)
+{
+	struct udp_wait q = a->wait[a->whead];
+
+	a->whead = (uint8_t)((a->whead + 1) % UDP_MAX_WAITING);
+	a->nwait--;
+	u->held--;
+	return q;
 }
 
 static socklen_t sa_len(int family)
@@ -641,11 +664,10 @@ static void client_datagram(struct worker *w, struct conn *c, struct udp_assoc *
 	}
 	if (h.addr.atyp == SOCKS5_ATYP_DOMAIN) {
 		struct udp_wait *q;
-		if (a->nwait == UDP_MAX_WAITING || strlen(h.addr.u.name) != h.addr.len) {
+		if (strlen(h.addr.u.name) != h.addr.len || !(q = wait_push(w->udp, a))) {
 			drop(w, a, bid);
 			return;
 		}
-		q = &a->wait[(a->whead + a->nwait++) % UDP_MAX_WAITING];
 		q->bid = (uint16_t)bid;
 		q->off = (uint16_t)(data - buf_at(w->udp, bid));
 		q->len = (uint32_t)len;
@@ -670,9 +692,7 @@ static void resolve_next(struct worker *w, struct conn *c, struct udp_assoc *a)
 		struct socks5_udp_header h;
 
 		if (socks5_udp_decode(buf_at(w->udp, q->bid) + q->off, q->len, &h, NULL) < 0) {
-			a->whead = (uint8_t)((a->whead + 1) % UDP_MAX_WAITING);
-			a->nwait--;
-			drop(w, a, q->bid); /* cannot happen: it decoded before */
+			drop(w, a, wait_pop(w->udp, a).bid); /* cannot happen: it decoded before */
 			continue;
 		}
 		a->resolving = 1;
@@ -697,9 +717,7 @@ void udp_resolved(struct worker *w, uint64_t ud, int status, const struct sockad
 	if (!a->live || !a->resolving || a->nwait == 0)
 		return;
 	a->resolving = 0;
-	q = a->wait[a->whead];
-	a->whead = (uint8_t)((a->whead + 1) % UDP_MAX_WAITING);
-	a->nwait--;
+	q = wait_pop(w->udp, a);
 	if (status < 0 || n == 0 ||
 	    socks5_udp_decode(buf_at(w->udp, q.bid) + q.off, q.len, &h, &hl) < 0) {
 		drop(w, a, q.bid);
@@ -774,6 +792,7 @@ void udp_on_recv(struct worker *w, struct conn *c, int op, int res, unsigned fla
 	int s = op - OP_UDP_RECV_C;
 	int has_buf = (flags & IORING_CQE_F_BUFFER) != 0;
 	uint32_t bid = flags >> IORING_CQE_BUFFER_SHIFT;
+	struct socks5_udp_header h;
 	struct sockaddr_in6 from;
 	uint8_t *data;
 	size_t len;
@@ -801,9 +820,16 @@ void udp_on_recv(struct worker *w, struct conn *c, int op, int res, unsigned fla
 			remote_datagram(w, c, a, bid, data, len, &from);
 		} else if (!sa_equal(&from, &a->client, !a->client_fixed)) {
 			drop(w, a, bid); /* not from the client */
+		} else if (!a->client_fixed && socks5_udp_decode(data, len, &h, NULL) < 0) {
+			drop(w, a, bid); /* no client's datagram: it does not choose the port */
 		} else {
-			a->client = from; /* answers go where it sends from */
-			a->client_known = 1;
+			/* The first datagram of the client's address (the request named no port)
+			 * fixes the port: following every port of that address let the
+			 * association's own outgoing socket, which has the client's address when
+			 * the client is on this host, become its client, a loop that sent one
+			 * datagram round 6500 times; and let any sender there take the answers. */
+			a->client = from;
+			a->client_known = a->client_fixed = 1;
 			if (a->mode == UDP_FORWARD)
 				send_out(w, c, a, bid, data, len, &a->relay);
 			else
@@ -854,12 +880,8 @@ void udp_release(struct worker *w, struct conn *c)
 	for (int s = 0; s < S__COUNT; s++)
 		worker_close_fd(w, &a->sock[s]);
 	a->live = 0; /* before the buffers go back: nothing re-arms this association */
-	while (a->nwait) {
-		uint32_t bid = a->wait[a->whead].bid;
-		a->whead = (uint8_t)((a->whead + 1) % UDP_MAX_WAITING);
-		a->nwait--;
-		buf_put(w, bid);
-	}
+	while (a->nwait)
+		buf_put(w, wait_pop(w->udp, a).bid);
 	a->resolving = 0;
 }
 
@@ -972,9 +994,7 @@ static void tunnel_send(struct worker *w, struct conn *c, struct udp_assoc *a, u
 static void send_waiting(struct worker *w, struct conn *c, struct udp_assoc *a)
 {
 	while (a->nwait && c->state == CONN_UDP) {
-		struct udp_wait q = a->wait[a->whead];
-		a->whead = (uint8_t)((a->whead + 1) % UDP_MAX_WAITING);
-		a->nwait--;
+		struct udp_wait q = wait_pop(w->udp, a);
 		tunnel_send(w, c, a, q.bid, buf_at(w->udp, q.bid) + q.off, q.len);
 	}
 }
@@ -1004,12 +1024,11 @@ static void local_datagram(struct worker *w, uint32_t i, uint32_t bid, int res)
 	a = assoc_of(w, c);
 	if (c->state != CONN_UDP) {
 		/* the association is being set up: keep a few datagrams for then */
-		struct udp_wait *q;
-		if (a->nwait == UDP_MAX_WAITING) {
+		struct udp_wait *q = wait_push(u, a);
+		if (!q) {
 			drop(w, a, bid);
 			return;
 		}
-		q = &a->wait[(a->whead + a->nwait++) % UDP_MAX_WAITING];
 		q->bid = (uint16_t)bid;
 		q->off = (uint16_t)(data - buf_at(u, bid));
 		q->len = (uint32_t)len;

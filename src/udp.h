@@ -13,7 +13,8 @@
 #define UDP_BUF_SIZE      (68u << 10) /* header, sender address, headroom and 64 KiB of data */
 #define UDP_HEADROOM      264         /* room in front of the data for a SOCKS5 UDP header */
 #define UDP_MAX_WAITING   4           /* datagrams per association waiting for a name */
-#define UDP_MAX_CONTACTED 16          /* destinations per association whose answers come back */
+#define UDP_MAX_HELD      (UDP_BUF_COUNT / 4) /* ... and per worker, all associations */
+#define UDP_MAX_CONTACTED 16 /* destinations per association whose answers come back */
 
 struct worker;
 struct conn;
