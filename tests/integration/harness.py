@@ -561,6 +561,20 @@ def read_reply(sock):
     return Reply(head[1], atyp, host, struct.unpack("!H", p)[0], head + a + p)
 
 
+def run_bin(args, timeout=5.0):
+    """Run the ringsocks binary with args to completion: (exit code, stdout, stderr). A daemon
+    that does not exit within timeout is killed and reported as exit code None."""
+    p = subprocess.Popen([BIN] + args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, preexec_fn=_die_with_parent)
+    try:
+        out, err = p.communicate(timeout=timeout * SLOW)
+        return p.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate(timeout=5)
+        return None, out.decode(errors="replace"), err.decode(errors="replace")
+
+
 def read_to_close(sock, timeout=None, limit=1 << 26):
     """Read until the peer closes. Returns (data, how) with how = 'eof' or 'reset'.
     Raises AssertionError if the connection is still open after timeout."""

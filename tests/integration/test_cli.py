@@ -18,18 +18,7 @@ FLAGS = ["-l", "--listen", "-w", "--workers", "--cpus", "--user", "--resolver",
          "-h", "--help", "--version"]
 
 
-def run(args, timeout=5.0):
-    """Run the binary to completion; a daemon that does not exit within timeout is killed and
-    reported as exit code None."""
-    p = subprocess.Popen([h.BIN] + args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, preexec_fn=h._die_with_parent)
-    try:
-        out, err = p.communicate(timeout=timeout * h.SLOW)
-        return p.returncode, out.decode(errors="replace"), err.decode(errors="replace")
-    except subprocess.TimeoutExpired:
-        p.kill()
-        out, err = p.communicate(timeout=5)
-        return None, out.decode(errors="replace"), err.decode(errors="replace")
+run = h.run_bin  # the binary to completion: (exit code or None, stdout, stderr)
 
 
 def task_affinities(pid):

@@ -15,6 +15,20 @@ static int parse(struct config *cfg, char *err, int argc, char **argv)
 	return config_parse(cfg, argc, argv, err, 256);
 }
 
+/* Parses argv[0..argc) (a copy: getopt permutes it) and expects a refusal naming want. */
+static void assert_refused(int argc, char *const *argv, const char *want, size_t i)
+{
+	struct config cfg;
+	char err[256] = "";
+	char *copy[16] = {0};
+
+	cr_assert_lt((size_t)argc, sizeof(copy) / sizeof(copy[0]));
+	memcpy(copy, argv, sizeof(char *) * (size_t)argc);
+	cr_assert_eq(parse(&cfg, err, argc, copy), -EINVAL, "case %zu", i);
+	cr_assert_not_null(strstr(err, want), "case %zu: %s", i, err);
+	config_free(&cfg);
+}
+
 #define ARGS(...)  ((char *[]){"ringsocks", __VA_ARGS__, NULL})
 #define NARGS(...) ((int)(sizeof((char *[]){"ringsocks", __VA_ARGS__}) / sizeof(char *)))
 
@@ -161,15 +175,8 @@ Test(config, names_the_refused_option_inside_a_bundle)
 	    {3, {"ringsocks", "-v", "--listen"}, "option '--listen' needs a value"},
 	    {3, {"ringsocks", "-v", "--bogus=1"}, "unknown option '--bogus=1'"},
 	};
-	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-		struct config cfg;
-		char err[256] = "";
-		char *argv[5] = {0};
-		memcpy(argv, cases[i].argv, sizeof(cases[i].argv));
-		cr_assert_eq(parse(&cfg, err, cases[i].argc, argv), -EINVAL, "case %zu", i);
-		cr_assert_not_null(strstr(err, cases[i].want), "case %zu: %s", i, err);
-		config_free(&cfg);
-	}
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+		assert_refused(cases[i].argc, cases[i].argv, cases[i].want, i);
 }
 
 Test(config, cpus_fewer_than_workers_is_an_error)
@@ -303,15 +310,8 @@ Test(config, rejects_ipv4_mapped_listen_addresses)
 	     "-U: '[::ffff:10.0.0.1]:5353:10.0.0.2:53' is an IPv4-mapped address; use "
 	     "10.0.0.1:5353"},
 	};
-	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-		struct config cfg;
-		char err[256] = "";
-		char *argv[9] = {0};
-		memcpy(argv, cases[i].argv, sizeof(cases[i].argv));
-		cr_assert_eq(parse(&cfg, err, cases[i].argc, argv), -EINVAL, "case %zu", i);
-		cr_assert_not_null(strstr(err, cases[i].want), "case %zu: %s", i, err);
-		config_free(&cfg);
-	}
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+		assert_refused(cases[i].argc, cases[i].argv, cases[i].want, i);
 	/* a mapped DEST_HOST is the proxy's business, and ::ffff alone is not mapped */
 	struct config cfg;
 	char err[256] = "";
@@ -348,15 +348,8 @@ Test(config, rejects_duplicate_listen_addresses)
 	      "--via", "socks5://127.0.0.1:1080"},
 	     "-U: '[::1]:5353:10.0.0.2:53' listens where an earlier -U does"},
 	};
-	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-		struct config cfg;
-		char err[256] = "";
-		char *argv[11] = {0};
-		memcpy(argv, cases[i].argv, sizeof(cases[i].argv));
-		cr_assert_eq(parse(&cfg, err, cases[i].argc, argv), -EINVAL, "case %zu", i);
-		cr_assert_not_null(strstr(err, cases[i].want), "case %zu: %s", i, err);
-		config_free(&cfg);
-	}
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+		assert_refused(cases[i].argc, cases[i].argv, cases[i].want, i);
 	/* port 0 twice: two ports the kernel picks; other address or port, or TCP beside UDP */
 	struct config cfg;
 	char err[256] = "";
