@@ -77,6 +77,28 @@ static uint16_t *port_of(struct sockaddr_storage *ss)
 	return &((struct sockaddr_in6 *)ss)->sin6_port;
 }
 
+/* A socket of type bound to ss (IPv6-only, as the workers' are; a stream one with
+ * SO_REUSEADDR, so that TIME_WAIT leftovers do not count), with SO_REUSEPORT if asked.
+ * Returns it, or -errno. */
+static int bind_socket(const struct sockaddr_storage *ss, socklen_t len, int type, int reuseport)
+{
+	int one = 1, err, fd = socket(ss->ss_family, type | SOCK_CLOEXEC, 0);
+
+	if (fd < 0)
+		return -errno;
+	if ((type == SOCK_STREAM &&
+	     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0) ||
+	    (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0) ||
+	    (ss->ss_family == AF_INET6 &&
+	     setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) < 0) ||
+	    bind(fd, (const struct sockaddr *)ss, len) < 0) {
+		err = -errno;
+		close(fd);
+		return err;
+	}
+	return fd;
+}
+
 /* Every worker's socket joins one SO_REUSEPORT group per address, and the kernel lets any
  * process of the same user join such a group: a second ringsocks on our port would start
  * without a word and take its share of our clients. So each fixed address is first bound by
@@ -85,21 +107,15 @@ static uint16_t *port_of(struct sockaddr_storage *ss)
  * instances started at the same instant could still both pass. */
 static int check_not_in_use(const struct sockaddr_storage *ss, socklen_t len, int type)
 {
-	int one = 1, fd, err = 0;
+	int fd;
 
 	if (*port_of((struct sockaddr_storage *)ss) == 0)
 		return 0; /* the kernel picks a free one */
-	fd = socket(ss->ss_family, type | SOCK_CLOEXEC, 0);
+	fd = bind_socket(ss, len, type, 0);
 	if (fd < 0)
-		return -errno;
-	if ((type == SOCK_STREAM && /* as the listeners: TIME_WAIT leftovers do not count */
-	     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0) ||
-	    (ss->ss_family == AF_INET6 &&
-	     setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) < 0) ||
-	    bind(fd, (const struct sockaddr *)ss, len) < 0)
-		err = -errno;
+		return fd;
 	close(fd);
-	return err;
+	return 0;
 }
 
 /* Port 0 asks the kernel for a port: every worker's socket must then share the one the first
@@ -120,21 +136,13 @@ static int take_bound_port(struct sockaddr_storage *want, int fd)
  * have bound theirs. Returns the socket, -1 for a fixed port, or -errno. */
 static int reserve_udp_port(struct sockaddr_storage *ss, socklen_t len)
 {
-	int one = 1, fd, err;
+	int fd, err;
 
 	if (*port_of(ss) != 0)
 		return -1;
-	fd = socket(ss->ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	fd = bind_socket(ss, len, SOCK_DGRAM, 1);
 	if (fd < 0)
-		return -errno;
-	if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0 ||
-	    (ss->ss_family == AF_INET6 &&
-	     setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) < 0) ||
-	    bind(fd, (const struct sockaddr *)ss, len) < 0) {
-		err = -errno;
-		close(fd);
-		return err;
-	}
+		return fd;
 	err = take_bound_port(ss, fd);
 	if (err < 0) {
 		close(fd);
@@ -155,22 +163,22 @@ static int upstream_is_self(const struct config *cfg, const struct config_upstre
 		return 0;
 	for (int l = 0; l < cfg->nlisten; l++) {
 		const struct sockaddr_storage *a = &cfg->listen[l];
+		const struct sockaddr *la = (const struct sockaddr *)a,
+		                      *ua = (struct sockaddr *)&ss;
+		int v4 = ss.ss_family == AF_INET;
+		const void *lip = v4 ? (const void *)&((const struct sockaddr_in *)a)->sin_addr
+		                     : (const void *)&((const struct sockaddr_in6 *)a)->sin6_addr;
+		const void *uip = v4 ? (const void *)&((const struct sockaddr_in *)&ss)->sin_addr
+		                     : (const void *)&((const struct sockaddr_in6 *)&ss)->sin6_addr;
+
 		if (a->ss_family != ss.ss_family ||
 		    *port_of((struct sockaddr_storage *)a) != *port_of(&ss))
 			continue;
-		if (ss.ss_family == AF_INET) {
-			struct in_addr la = ((const struct sockaddr_in *)a)->sin_addr;
-			struct in_addr ua = ((const struct sockaddr_in *)&ss)->sin_addr;
-			if (la.s_addr == ua.s_addr ||
-			    (la.s_addr == htonl(INADDR_ANY) && (ntohl(ua.s_addr) >> 24) == 127))
-				return 1;
-		} else {
-			const struct in6_addr *la = &((const struct sockaddr_in6 *)a)->sin6_addr;
-			const struct in6_addr *ua = &((const struct sockaddr_in6 *)&ss)->sin6_addr;
-			if (memcmp(la, ua, sizeof(*la)) == 0 ||
-			    (IN6_IS_ADDR_UNSPECIFIED(la) && IN6_IS_ADDR_LOOPBACK(ua)))
-				return 1;
-		}
+		/* a wildcard listener takes loopback too (::ffff:127.x is not ::'s: IPv6-only) */
+		if (memcmp(lip, uip, v4 ? 4 : 16) == 0 ||
+		    (addr_is_any(la) && (v4 ? addr_is_loopback(ua)
+		                            : IN6_IS_ADDR_LOOPBACK((const struct in6_addr *)uip))))
+			return 1;
 	}
 	return 0;
 }

@@ -120,6 +120,14 @@ static void set_nodelay(int fd)
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 }
 
+int addr_is_any(const struct sockaddr *a)
+{
+	if (a->sa_family == AF_INET)
+		return ((const struct sockaddr_in *)a)->sin_addr.s_addr == htonl(INADDR_ANY);
+	return a->sa_family == AF_INET6 &&
+	       IN6_IS_ADDR_UNSPECIFIED(&((const struct sockaddr_in6 *)a)->sin6_addr);
+}
+
 int addr_is_loopback(const struct sockaddr *peer)
 {
 	if (peer->sa_family == AF_INET)
@@ -159,10 +167,7 @@ static int unpaced_by_peer(const struct config *cfg, uint32_t li)
 
 	if (cfg->congestion[0] || !cfg->loopback_cc[0])
 		return 0;
-	if (ss->ss_family == AF_INET)
-		return ((const struct sockaddr_in *)ss)->sin_addr.s_addr == htonl(INADDR_ANY);
-	return ss->ss_family == AF_INET6 &&
-	       IN6_IS_ADDR_UNSPECIFIED(&((const struct sockaddr_in6 *)ss)->sin6_addr);
+	return addr_is_any((const struct sockaddr *)ss);
 }
 
 int worker_set_keepalive(const struct config *cfg, int fd)

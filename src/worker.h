@@ -125,6 +125,8 @@ void worker_connect_next(struct worker *w, struct conn *c);
 int worker_set_congestion(const struct config *cfg, int fd, const struct sockaddr *peer);
 /* peer is 127.0.0.0/8, ::1 or ::ffff:127.0.0.0/104 */
 int addr_is_loopback(const struct sockaddr *peer);
+/* 0.0.0.0 or :: (a wildcard listen address). */
+int addr_is_any(const struct sockaddr *a);
 /* Cancel the operations of c in mask (CONN_OP_BIT); their CQEs still arrive. */
 /* Close *fd behind the SQEs already prepared (IORING_OP_CLOSE) and set it to -1; nothing
  * when it is -1 already. */
