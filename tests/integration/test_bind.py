@@ -269,6 +269,100 @@ class BindPortsTest(h.ProxyTestCase):
             self.assertEqual(r4.rep, h.REP_OK)
 
 
+def occupy_range(n_taken, n_free):
+    """A port range of n_taken + n_free ports outside the ephemeral range whose first n_taken
+    ports we listen on ourselves and whose last n_free are free: (low, listening sockets)."""
+    for _ in range(50):
+        low = h.unused_port()
+        if low + n_taken + n_free > 32000:
+            continue
+        held = []
+        try:
+            for p in range(low, low + n_taken + n_free):
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                held.append(s)
+                s.bind(("127.0.0.1", p))
+                if p < low + n_taken:
+                    s.listen(1)  # a listener: the proxy's bind fails even with SO_REUSEADDR
+        except OSError:
+            for s in held:
+                s.close()
+            continue
+        for s in held[n_taken:]:  # only checked to be free
+            s.close()
+        return low, held[:n_taken]
+    raise RuntimeError(f"no {n_taken + n_free} free ports in a row")
+
+
+@h.ringsocks_only
+class BindPortTriesTest(h.ProxyTestCase):
+    """A BIND tries at most 64 ports of --bind-ports (BIND_PORT_TRIES), continuing from where
+    the last one stopped: with a wide range mostly in use, trying all of it (a socket, bind and
+    close a port) held the worker for each BIND a client asked for."""
+    TAKEN, FREE = 128, 2
+    LOW, HELD = 0, []
+    workers = 1  # one worker: one place the search continues from
+
+    @classmethod
+    def setUpClass(cls):
+        cls.LOW, cls.HELD = occupy_range(cls.TAKEN, cls.FREE)
+        try:
+            super().setUpClass()
+        except BaseException:
+            for s in cls.HELD:
+                s.close()
+            raise
+
+    @classmethod
+    def extra_args(cls):
+        return ["--bind-ports", f"{cls.LOW}-{cls.LOW + cls.TAKEN + cls.FREE - 1}"]
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            super().tearDownClass()
+        finally:
+            for s in cls.HELD:
+                s.close()
+
+    def failed_bind(self):
+        with h.open_client(self.proxy) as s:
+            t0 = time.monotonic()
+            s.sendall(h.greeting() + h.request("127.0.0.1", 0, cmd=h.CMD_BIND))
+            data, _ = h.read_to_close(s, timeout=5 * h.SLOW)
+            elapsed = time.monotonic() - t0
+        self.assertEqual(data.hex(), "0500" + h.error_reply(h.REP_FAIL).hex())
+        return elapsed
+
+    def test_a_bind_tries_64_ports_and_the_next_goes_on_from_there(self):
+        # ports LOW..LOW+63 are taken: the first BIND fails at once, although the range has
+        # free ports further on (trying the whole range would have found LOW+128)
+        self.assertLess(self.failed_bind(), 1.0 * h.SLOW, "a failure reply, quickly")
+        # the next BIND starts at LOW+64, not at LOW again: LOW+64..LOW+127 are taken too
+        self.assertLess(self.failed_bind(), 1.0 * h.SLOW)
+        c.wait_log(self.proxy, r"BIND: cannot listen: Address already in use")
+        # the third reaches the free ports, and the fourth takes the next one
+        s3, r3 = bind_request(self.proxy, "127.0.0.1", 0)
+        s4, r4 = bind_request(self.proxy, "127.0.0.1", 0)
+        with s3, s4:
+            self.assertEqual(r3.raw.hex(), reply_bytes("127.0.0.1", self.LOW + 128).hex())
+            self.assertEqual(r4.raw.hex(), reply_bytes("127.0.0.1", self.LOW + 129).hex())
+            with connect_from("127.0.0.1", (r3.host, r3.port)) as peer:
+                self.assertEqual(h.read_reply(s3).raw.hex(),
+                                 reply_bytes(*peer.getsockname()).hex())
+                peer.sendall(b"through a port of the range")
+                self.assertEqual(h.recv_exact(s3, 27), b"through a port of the range")
+        # the range wraps: with LOW+128 and LOW+129 free again the next search, from LOW
+        # (after LOW+129), fails on LOW..LOW+63 and the one after it on LOW+64..LOW+127
+        h.wait_for(lambda: not listening("127.0.0.1", self.LOW + 128), 5 * h.SLOW,
+                   what="the BIND port to close")
+        self.failed_bind()
+        self.failed_bind()
+        s5, r5 = bind_request(self.proxy, "127.0.0.1", 0)
+        with s5:
+            self.assertEqual(r5.port, self.LOW + 128)
+
+
 @h.ringsocks_only
 class BindThroughDanteTest(unittest.TestCase):
     """ringsocks as a forwarder in front of Dante: BIND is forwarded, both of Dante's replies
