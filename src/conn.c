@@ -63,7 +63,7 @@ void conn_release(struct conn_table *t, struct conn *c)
 {
 	conn_timer_clear(t, c);
 	c->state = CONN_FREE;
-	c->gen = (c->gen + 1) & 0xFFFFFFu;
+	c->gen = conn_gen_next(c->gen);
 	t->free_stack[t->nfree++] = conn_index(t, c);
 	t->live--;
 }

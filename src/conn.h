@@ -52,9 +52,18 @@ enum conn_op {
 	 CONN_OP_BIT(OP_SPLOUT_C))
 _Static_assert(OP__COUNT <= 32, "pending is a 32-bit mask");
 
+/* user_data keeps 24 bits of a generation: whatever a completion's generation is compared
+ * with (a slot's, a DNS watch's) counts in those 24 bits, or it stops matching at 2^24 */
+#define CONN_GEN_MASK 0xFFFFFFu
+
 static inline uint64_t conn_ud(enum conn_op op, uint32_t gen, uint32_t idx)
 {
-	return ((uint64_t)op << 56) | ((uint64_t)(gen & 0xFFFFFFu) << 32) | idx;
+	return ((uint64_t)op << 56) | ((uint64_t)(gen & CONN_GEN_MASK) << 32) | idx;
+}
+/* The generation after gen, wrapping as user_data does. */
+static inline uint32_t conn_gen_next(uint32_t gen)
+{
+	return (gen + 1) & CONN_GEN_MASK;
 }
 static inline enum conn_op conn_ud_op(uint64_t ud)
 {
@@ -62,7 +71,7 @@ static inline enum conn_op conn_ud_op(uint64_t ud)
 }
 static inline uint32_t conn_ud_gen(uint64_t ud)
 {
-	return (uint32_t)(ud >> 32) & 0xFFFFFFu;
+	return (uint32_t)(ud >> 32) & CONN_GEN_MASK;
 }
 static inline uint32_t conn_ud_idx(uint64_t ud)
 {

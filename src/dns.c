@@ -103,7 +103,7 @@ static void sock_state_cb(void *data, ares_socket_t fd, int readable, int writab
 	wt->read = (uint8_t)readable;
 	wt->write = (uint8_t)writable;
 	wt->armed = wt->dead = 0;
-	wt->gen = (wt->gen + 1) & 0xFFFFFFu; /* as conn_ud keeps it: 24 bits */
+	wt->gen = conn_gen_next(wt->gen); /* as conn_ud keeps it: 24 bits */
 	watch_arm(d, (uint32_t)free_i);
 }
 

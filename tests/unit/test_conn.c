@@ -64,6 +64,31 @@ Test(conn, generation_wraps_within_24_bits)
 	cr_assert_eq(c->gen, 0);
 }
 
+/* A DNS watch (dns.c) keeps its generation as a slot does and compares it with the one its
+ * poll's user_data brings back: past 2^24 a generation that did not wrap would never match
+ * again, and every poll of that watch would be taken for a stale one. */
+Test(conn, a_generation_wrapped_at_2_24_still_matches_its_user_data)
+{
+	uint32_t held = (1u << 24) - 2, prev;
+
+	cr_assert_eq(conn_gen_next((1u << 24) - 1), 0, "2^24 - 1 is followed by 0");
+	cr_assert_eq(conn_gen_next(0), 1);
+	for (int i = 0; i < 4; i++) { /* to 2^24 - 1, 0, 1, 2 */
+		uint64_t ud;
+
+		prev = held;
+		held = conn_gen_next(held);
+		cr_assert_lt(held, 1u << 24, "generation %u has more than 24 bits", held);
+		ud = conn_ud(OP_DNS_POLL, held, 63);
+		cr_assert_eq(conn_ud_gen(ud), held, "the watch's own poll (generation %u)", held);
+		cr_assert_eq(conn_ud_idx(ud), 63);
+		cr_assert_eq(conn_ud_op(ud), OP_DNS_POLL);
+		cr_assert_neq(conn_ud_gen(conn_ud(OP_DNS_POLL, prev, 63)), held,
+		              "a poll of generation %u is stale at %u", prev, held);
+	}
+	cr_assert_eq(held, 2);
+}
+
 Test(conn, deadlines_expire_in_order_and_clear)
 {
 	t.timers[TIMER_HANDSHAKE].timeout_ms = 100;
