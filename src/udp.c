@@ -371,6 +371,11 @@ int udp_supported(const struct worker *w)
 	return w->udp && w->udp->br;
 }
 
+uint32_t udp_bufs_lent(const struct worker *w)
+{
+	return udp_supported(w) ? UDP_BUF_COUNT - w->udp->nfree : 0;
+}
+
 int udp_is_tunnel(const struct worker *w, const struct conn *c)
 {
 	const struct udp_assoc *a;

@@ -26,6 +26,8 @@ int udp_init(struct worker *w, uint32_t slots);
 void udp_destroy(struct worker *w);
 /* Can this worker serve UDP ASSOCIATE? */
 int udp_supported(const struct worker *w);
+/* Datagram buffers out of the ring (being sent or waiting), for the stats line: 0 when idle. */
+uint32_t udp_bufs_lent(const struct worker *w);
 
 /* Direct mode: open the association for c's UDP ASSOCIATE and send the reply. */
 void udp_start(struct worker *w, struct conn *c);

@@ -94,13 +94,13 @@ static void log_stats(struct worker *w)
 	        "worker=%d live=%u accepted=%llu refused=%llu accept_errors=%llu "
 	        "sessions_ok=%llu sessions_failed=%llu bind_refused=%llu bytes_up=%llu "
 	        "bytes_down=%llu chunks_kib=%zu chunks_peak_kib=%zu ring_waiting=%u "
-	        "pipes_lent=%u pipes=%u",
+	        "pipes_lent=%u pipes=%u udp_bufs_lent=%u",
 	        w->id, w->conns.live, (unsigned long long)s->accepted,
 	        (unsigned long long)s->refused_limit, (unsigned long long)s->accept_errors,
 	        (unsigned long long)s->sessions_ok, (unsigned long long)s->sessions_failed,
 	        (unsigned long long)s->bind_refused, (unsigned long long)s->bytes_up,
 	        (unsigned long long)s->bytes_down, b->chunk_bytes >> 10, b->chunk_peak >> 10,
-	        b->queued, w->pipes.live - w->pipes.nfree, w->pipes.live);
+	        b->queued, w->pipes.live - w->pipes.nfree, w->pipes.live, udp_bufs_lent(w));
 }
 
 /* ---- accept ---- */

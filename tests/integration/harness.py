@@ -343,11 +343,11 @@ class Proxy:
 
     def check_idle(self, timeout=None):
         """Once every client of the test has closed: no connection slot is live, and no chunk,
-        pipe or ring buffer is held (SIGUSR1's counters). Sockets the test dropped without
+        pipe, ring buffer or datagram buffer is held (SIGUSR1's counters). Sockets the test dropped without
         closing are closed first (gc)."""
         timeout = 10.0 * SLOW if timeout is None else timeout
         gc.collect()
-        keys = ("live", "chunks_kib", "ring_waiting", "pipes_lent")
+        keys = ("live", "chunks_kib", "ring_waiting", "pipes_lent", "udp_bufs_lent")
         last = []
 
         def idle():

@@ -9,6 +9,7 @@ through ringsocks as a forwarder (in front of ringsocks and of Dante) and throug
 import os
 import re
 import select
+import signal
 import socket
 import struct
 import sys
@@ -488,6 +489,72 @@ class UdpIPv6ClientTest(h.EchoProxyTestCase):
                 self.assertEqual(a.recv(), udp_header("127.0.0.1", self.echo.port) + b"v6 to v4")
         finally:
             p.stop()
+
+
+@h.ringsocks_only
+class UdpStarvedTest(h.EchoProxyTestCase):
+    """The worker's datagram ring running dry (-ENOBUFS): the sockets whose multishot recv ended
+    for want of a buffer stop reading, their datagrams wait in the socket, and they read again
+    once a few buffers (an eighth of the ring) are back. Nothing else reaches this path since
+    datagrams waiting for names hold at most a quarter of the ring: here the proxy is stopped
+    (SIGSTOP) while 16 associations queue about 2000 datagrams in its sockets, so that once it
+    runs again its recvs take all 256 buffers before the first send has given one back."""
+
+    workers = 1  # one ring of 256 buffers
+    ASSOCS, BURST = 16, 128
+
+    @classmethod
+    def make_echo(cls):
+        return UdpEcho(hosts=("127.0.0.1",))
+
+    def bufs_lent(self):
+        return self.proxy.stats()[0]["udp_bufs_lent"]
+
+    def test_a_dry_ring_stops_reading_and_every_socket_reads_again(self):
+        assocs = []
+        try:
+            for i in range(self.ASSOCS):
+                a = Assoc(self.proxy)
+                assocs.append(a)
+                a.udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+                a.send("127.0.0.1", self.echo.port, b"first %d" % i)  # fixes the client port
+                self.assertTrue(a.recv().endswith(b"first %d" % i))
+            self.assertEqual(self.bufs_lent(), 0)
+            self.assertFalse(c.log_lines(self.proxy, r"ran out of datagram buffers"))
+            os.kill(self.proxy.pid, signal.SIGSTOP)
+            try:
+                for k in range(self.BURST):
+                    for i, a in enumerate(assocs):
+                        a.send("127.0.0.1", self.echo.port, b"burst %d.%d" % (i, k))
+                time.sleep(0.1)
+            finally:
+                os.kill(self.proxy.pid, signal.SIGCONT)
+            c.wait_log(self.proxy, r"UDP: worker 0 ran out of datagram buffers; reading "
+                                   r"resumes as they return")
+            answered = {a.udp: 0 for a in assocs}
+            socks = {a.udp: a for a in assocs}
+            while True:  # until quiet for 1 s
+                ready, _, _ = select.select(list(socks), [], [], 1.0 * h.SLOW)
+                if not ready:
+                    break
+                for u in ready:
+                    d, src = u.recvfrom(65535)
+                    if src[:2] == socks[u].relay and b"burst" in d:
+                        answered[u] += 1
+            # more datagrams went through than the ring holds: reading went on after it ran dry
+            total = sum(answered.values())
+            self.assertGreater(total, 2 * 256, f"answers per association: "
+                                               f"{list(answered.values())}")
+            # every association reads again, the starved ones included
+            for i, a in enumerate(assocs):
+                a.send("127.0.0.1", self.echo.port, b"after %d" % i)
+                while not a.recv().endswith(b"after %d" % i):
+                    pass
+            # every buffer is back in the ring while the associations are still open
+            h.wait_for(lambda: self.bufs_lent() == 0, 5 * h.SLOW, what="every buffer back")
+        finally:
+            for a in assocs:
+                a.close()
 
 
 @h.ringsocks_only
