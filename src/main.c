@@ -270,6 +270,7 @@ int main(int argc, char **argv)
 	pthread_barrier_t ready;
 	sigset_t sigs;
 	int ret, sig, status = 0, started = 0;
+	unsigned long nofile;
 	int udp_hold[CONFIG_MAX_LISTEN];
 
 	for (int l = 0; l < CONFIG_MAX_LISTEN; l++)
@@ -298,6 +299,7 @@ int main(int argc, char **argv)
 	pick_loopback_congestion(&cfg);
 	log_verbose = cfg.verbose;
 	raise_nofile();
+	nofile = worker_fd_limit();
 	/* a splice into a socket the peer has closed raises SIGPIPE: take EPIPE instead */
 	signal(SIGPIPE, SIG_IGN);
 	sigemptyset(&sigs);
@@ -410,6 +412,10 @@ int main(int argc, char **argv)
 			log_msg("info", "listening on %s/udp (%d worker%s%s)",
 			        addr_text(&cfg.udp_listen[l], text, sizeof(text)), cfg.workers,
 			        cfg.workers == 1 ? "" : "s", cfg.ncpus ? ", pinned" : "");
+		log_msg("info",
+		        "descriptor limit %lu: room for %ld connections, a UDP association "
+		        "counting as two (it holds up to four descriptors)",
+		        nofile, worker_fd_pairs_max);
 		for (;;) {
 			if (sigwait(&sigs, &sig) != 0)
 				continue;

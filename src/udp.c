@@ -58,6 +58,7 @@ struct udp_assoc {
 	uint8_t ncontacted, cnext;
 	uint8_t client_known;       /* client holds the port to answer to */
 	uint8_t client_fixed;       /* the request named the port: only it is accepted */
+	uint8_t fd_pair;            /* holds a second descriptor pair (worker_take_fd_pair) */
 	uint32_t sprev, snext;      /* list of associations with a starved socket */
 	uint32_t hnext;             /* tunnel -U: sender hash chain */
 	struct sockaddr_in6 client; /* IP of the TCP peer (tunnel: the local sender) */
@@ -399,6 +400,32 @@ static struct udp_assoc *assoc_init(struct worker *w, struct conn *c, enum udp_m
 	return a;
 }
 
+/* An association of a client (direct or forwarder) holds its TCP connection's descriptor (and
+ * the upstream's), the client-facing UDP socket and one per family toward destinations: up
+ * to four, a second pair beside the connection's. Without it there is no association: the
+ * client is told at once (reply 1), where once it was told yes and then its datagrams were
+ * dropped when a socket toward a destination could not be opened (EMFILE). */
+static int assoc_take_fds(struct worker *w, struct conn *c, struct udp_assoc *a)
+{
+	if (worker_take_fd_pair() < 0) {
+		a->live = 0;
+		log_warn_limited("UDP ASSOCIATE refused: the descriptor limit leaves room for %ld "
+		                 "connections, an association counting as two",
+		                 worker_fd_pairs_max);
+		worker_conn_give_up(w, c, SOCKS5_REP_GENERAL_FAILURE, "descriptor limit");
+		return -1;
+	}
+	a->fd_pair = 1;
+	return 0;
+}
+
+static void assoc_put_fds(struct udp_assoc *a)
+{
+	if (a->fd_pair)
+		worker_put_fd_pair();
+	a->fd_pair = 0;
+}
+
 static void arm_recv(struct worker *w, struct conn *c, int s)
 {
 	struct udp_assoc *a = assoc_of(w, c);
@@ -500,9 +527,12 @@ void udp_start(struct worker *w, struct conn *c)
 		return;
 	}
 	a = assoc_init(w, c, UDP_DIRECT);
+	if (assoc_take_fds(w, c, a) < 0)
+		return;
 	if ((err = set_client(c, a, c->hs.req.dst.port)) < 0 ||
 	    (err = open_client_socket(c, a, &bnd)) < 0) {
 		a->live = 0;
+		assoc_put_fds(a);
 		log_warn_limited("UDP ASSOCIATE: cannot open the relay socket: %s", strerror(-err));
 		worker_conn_give_up(w, c, SOCKS5_REP_GENERAL_FAILURE, "no relay socket");
 		return;
@@ -536,10 +566,13 @@ void udp_upstream_ready(struct worker *w, struct conn *c, struct upstream_hs *u)
 	}
 	/* forwarder: the client talks to our relay socket, which passes datagrams on as-is */
 	a = assoc_init(w, c, UDP_FORWARD);
+	if (assoc_take_fds(w, c, a) < 0)
+		return;
 	sa_copy(&a->relay, &relay, rlen);
 	if ((err = set_client(c, a, c->hs.req.dst.port)) < 0 ||
 	    (err = open_client_socket(c, a, &bnd)) < 0) {
 		a->live = 0;
+		assoc_put_fds(a);
 		log_warn_limited("UDP ASSOCIATE: cannot open the relay socket: %s", strerror(-err));
 		worker_conn_give_up(w, c, SOCKS5_REP_GENERAL_FAILURE, "no relay socket");
 		return;
@@ -879,6 +912,7 @@ void udp_release(struct worker *w, struct conn *c)
 	a = assoc_of(w, c);
 	if (!a->live)
 		return;
+	assoc_put_fds(a);
 	unstarve(w, a);
 	if (a->mode == UDP_TUNNEL)
 		session_unhash(w, c, a);

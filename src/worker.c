@@ -5,6 +5,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <limits.h>
 #include <netinet/tcp.h>
 #include <sched.h>
 #include <signal.h>
@@ -40,7 +41,36 @@
 #define ACCEPT_RETRY_MS 100  /* pause after EMFILE and friends */
 #define MAX_WAIT_MS     1000
 
+#define FD_RESERVE 32 /* descriptors not for connections: ring, listeners, resolver... */
+
 atomic_long worker_live;
+static atomic_long worker_fd_pairs;
+long worker_fd_pairs_max = LONG_MAX;
+
+unsigned long worker_fd_limit(void)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+		return 0;
+	worker_fd_pairs_max =
+	    rl.rlim_cur > 2 * FD_RESERVE ? (long)((rl.rlim_cur - FD_RESERVE) / 2) : FD_RESERVE / 2;
+	return (unsigned long)rl.rlim_cur;
+}
+
+int worker_take_fd_pair(void)
+{
+	if (atomic_fetch_add(&worker_fd_pairs, 1) >= worker_fd_pairs_max) {
+		atomic_fetch_sub(&worker_fd_pairs, 1);
+		return -1;
+	}
+	return 0;
+}
+
+void worker_put_fd_pair(void)
+{
+	atomic_fetch_sub(&worker_fd_pairs, 1);
+}
 
 uint64_t worker_now_ms(void)
 {
@@ -199,18 +229,23 @@ int worker_take_live(const struct worker *w)
 		atomic_fetch_sub(&worker_live, 1);
 		return -1;
 	}
+	if (worker_take_fd_pair() < 0) {
+		atomic_fetch_sub(&worker_live, 1);
+		return -2;
+	}
 	return 0;
 }
 
 void worker_put_live(void)
 {
+	worker_put_fd_pair();
 	atomic_fetch_sub(&worker_live, 1);
 }
 
 static void on_accept(struct worker *w, uint32_t li, int res, unsigned flags)
 {
 	struct conn *c;
-	int unpaced;
+	int unpaced, ret;
 
 	if (!(flags & IORING_CQE_F_MORE))
 		w->accept_armed &= ~(1u << li);
@@ -235,9 +270,16 @@ static void on_accept(struct worker *w, uint32_t li, int res, unsigned flags)
 		close(res);
 		return;
 	}
-	if (worker_take_live(w) < 0) {
+	if ((ret = worker_take_live(w)) < 0) {
 		w->stats.refused_limit++;
-		log_warn_limited("refusing clients: --max-conns %ld reached", w->cfg->max_conns);
+		if (ret == -1)
+			log_warn_limited("refusing clients: --max-conns %ld reached",
+			                 w->cfg->max_conns);
+		else
+			log_warn_limited(
+			    "refusing clients: the descriptor limit leaves room for %ld "
+			    "connections (a UDP association counts as two)",
+			    worker_fd_pairs_max);
 		close(res);
 		return;
 	}
@@ -1104,7 +1146,6 @@ static void stop_all(struct worker *w)
 static int worker_setup(struct worker *w)
 {
 	uint32_t slots;
-	struct rlimit rl;
 	int ret;
 
 	if (w->cpu >= 0) {
@@ -1123,9 +1164,11 @@ static int worker_setup(struct worker *w)
 		log_err("worker %d: io_uring_queue_init: %s", w->id, strerror(-ret));
 		return ret;
 	}
-	/* a relay holds two sockets: size the table to what the descriptor limit allows */
-	getrlimit(RLIMIT_NOFILE, &rl);
-	slots = rl.rlim_cur > 64 ? (uint32_t)((rl.rlim_cur - 32) / 2) : 16;
+	/* a relay holds a pair of sockets: size the table to what the descriptor limit allows
+	 * (worker_fd_limit, from main; all of it: clients are not spread evenly over the
+	 * workers, and worker_take_live counts the pairs of the whole process) */
+	slots =
+	    worker_fd_pairs_max < UINT32_MAX / 2 ? (uint32_t)worker_fd_pairs_max : UINT32_MAX / 2;
 	if (w->cfg->max_conns && (uint64_t)w->cfg->max_conns < slots)
 		slots = (uint32_t)w->cfg->max_conns;
 	if ((ret = conn_table_init(&w->conns, slots)) < 0 || (ret = relay_init(w, slots)) < 0)

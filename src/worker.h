@@ -67,10 +67,22 @@ struct worker {
 
 /* Process-wide count of live client connections (for --max-conns). */
 extern atomic_long worker_live;
-/* Count one more live connection: 0, or -1 (nothing counted) when --max-conns are live. */
+/* Count one more live connection: 0; -1 when --max-conns are live; -2 when the descriptor
+ * pairs are all taken (worker_take_fd_pair). Nothing is counted on failure. */
 int worker_take_live(const struct worker *w);
 /* One live connection fewer (it closed, or was not set up after all). */
 void worker_put_live(void);
+
+/* Descriptors, process-wide, in pairs: RLIMIT_NOFILE leaves room for worker_fd_pairs_max (set
+ * once by worker_fd_limit before the workers start). A live connection holds a pair (the
+ * client's socket and the destination's); a UDP association holds up to four descriptors (its
+ * TCP connection or two, and up to three UDP sockets), so it takes a second pair. */
+extern long worker_fd_pairs_max;
+/* Size worker_fd_pairs_max from RLIMIT_NOFILE; returns the limit it was sized from. */
+unsigned long worker_fd_limit(void);
+/* Take a pair: 0, or -1 (nothing taken) when all are taken. */
+int worker_take_fd_pair(void);
+void worker_put_fd_pair(void);
 
 /* Set up w (listeners already open in w->listen_fd) and run its loop until w->stop. */
 void *worker_main(void *arg);

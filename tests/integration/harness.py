@@ -190,8 +190,11 @@ class Proxy:
     recent = []  # proxies started or alive during the current test (stderr printed on failure)
 
     def __init__(self, args=(), workers=2, verbose=True, host="127.0.0.1", auth=None,
-                 start=True):
+                 start=True, nofile=None):
         self.args = [str(a) for a in args]
+        # RLIMIT_NOFILE of the proxy, soft and hard (it raises its soft limit to the hard one);
+        # such a proxy runs without the closetrap, whose traps hold descriptors of their own
+        self.nofile = nofile
         self.workers = workers
         self.verbose = verbose
         self.host = host
@@ -250,15 +253,20 @@ class Proxy:
             Proxy.started.append(self.stderr_path)
             argv = self.argv(port)
             env = None
-            self.trapped = bool(CLOSETRAP) and argv[0] == BIN  # ringsocks, not a peer
+            self.trapped = bool(CLOSETRAP) and argv[0] == BIN and not self.nofile
             if self.trapped:
                 env = dict(os.environ, LD_PRELOAD=CLOSETRAP)
                 if SLOW > 1:  # ASan wants to come first; the trap only replaces close()
                     opts = env.get("ASAN_OPTIONS", "")
                     env["ASAN_OPTIONS"] = (opts + ":" if opts else "") + \
                         "verify_asan_link_order=0"
+            preexec = _die_with_parent
+            if self.nofile:
+                def preexec(n=self.nofile):
+                    _die_with_parent()
+                    resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd,
-                                         preexec_fn=_die_with_parent, close_fds=True, env=env)
+                                         preexec_fn=preexec, close_fds=True, env=env)
             os.close(fd)
             self.port = port
             Proxy.alive.append(self)

@@ -558,6 +558,95 @@ class UdpStarvedTest(h.EchoProxyTestCase):
 
 
 @h.ringsocks_only
+class UdpDescriptorLimitTest(unittest.TestCase):
+    """Under a low RLIMIT_NOFILE a UDP association takes room for two connections: it holds up
+    to four descriptors (its TCP connection, the client's UDP socket, one toward IPv4 and one
+    toward IPv6 destinations), where the connection slots were sized for two each. A proxy full
+    of associations used to say yes to twice as many as it had descriptors for, and then drop
+    their datagrams when the socket toward a destination could not be opened (EMFILE); now the
+    association the descriptors are not there for is refused at once with reply 1, and TCP
+    clients count the associations' second pair too."""
+
+    NOFILE = 128  # room for (128 - 32) / 2 = 48 connections: 24 associations
+
+    @classmethod
+    def setUpClass(cls):
+        cls.echo = UdpEcho()
+        cls.dns = h.DnsServer()
+        try:
+            cls.proxy = h.Proxy(["--resolver", cls.dns.addr, "--pipes", "0"], workers=1,
+                                nofile=cls.NOFILE)
+        except BaseException:
+            cls.dns.close()
+            cls.echo.close()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            cls.proxy.check_idle()
+            cls.proxy.stop()
+        finally:
+            cls.dns.close()
+            cls.echo.close()
+
+    def relays_both_families(self, a, tag):
+        for host in ("127.0.0.1", "::1"):
+            a.send(host, self.echo.port, tag)
+            self.assertEqual(a.recv(), udp_header(host, self.echo.port) + tag)
+
+    def test_an_association_without_its_descriptors_is_refused(self):
+        p = self.proxy
+        c.wait_log(p, r"descriptor limit 128: room for 48 connections, a UDP association "
+                      r"counting as two")
+        p.wait_live(0)  # the start-up probe's connection is gone
+        assocs, conns = [], []
+        with h.EchoServer() as tcp_echo:
+            try:
+                for i in range(23):  # 46 of the 48
+                    assocs.append(Assoc(p))
+                    self.relays_both_families(assocs[-1], b"assoc %d" % i)
+                conns.append(h.socks_connect(p, "127.0.0.1", tcp_echo.port)[0])  # 47
+                self.assertLessEqual(all_fd_count(p.pid), self.NOFILE)
+                # a client is let in (48), but its association would need a 49th: reply 1 at
+                # once, no relay port
+                with h.open_client(p) as s:
+                    s.sendall(h.greeting() + h.request("0.0.0.0", 0, cmd=h.CMD_UDP))
+                    data, _ = h.read_to_close(s, timeout=5 * h.SLOW)
+                    self.assertEqual(data.hex(), "0500" + h.error_reply(h.REP_FAIL).hex())
+                c.wait_log(p, r"warn: UDP ASSOCIATE refused: the descriptor limit leaves room"
+                              r" for 48 connections")
+                p.wait_live(24)
+                # a TCP client takes the 48th; the next one is closed at once, no bytes
+                conns.append(h.socks_connect(p, "127.0.0.1", tcp_echo.port)[0])
+                with socket.create_connection(p.addr, timeout=5 * h.SLOW) as s:
+                    data, _ = h.read_to_close(s, timeout=5 * h.SLOW)
+                    self.assertEqual(data, b"")
+                c.wait_log(p, r"warn: refusing clients: the descriptor limit leaves room for "
+                              r"48 connections")
+                # what was let in has every socket it needs
+                for i, a in enumerate(assocs):
+                    self.relays_both_families(a, b"still %d" % i)
+                for k, s in enumerate(conns):
+                    self.assertEqual(h.echo_roundtrip(s, b"tcp %d" % k), b"tcp %d" % k)
+                # the TCP clients leave: their room goes to an association
+                for s in conns:
+                    s.close()
+                conns = []
+                p.wait_live(23)
+                assocs.append(Assoc(p))
+                self.relays_both_families(assocs[-1], b"the 24th")
+                self.assertFalse(c.log_lines(p, r"cannot open a socket|Too many open files"))
+            finally:
+                for a in assocs:
+                    a.close()
+                for s in conns:
+                    s.close()
+        p.wait_live(0)
+        h.check_serving(p)
+
+
+@h.ringsocks_only
 class UdpIdleTest(h.EchoProxyTestCase):
     proxy_args = ("--udp-idle-timeout", "1")
 
