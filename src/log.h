@@ -11,14 +11,26 @@ void log_msg(const char *level, const char *fmt, ...) __attribute__((format(prin
 
 /* A message that clients can cause at any rate (an upstream down, a resolver that does not
  * answer, a full --max-conns): one line per LOG_LIMIT_MS for each place and thread, the
- * next line counting those left out. */
-#define LOG_LIMIT_MS 10000
+ * next line counting those left out; log_limited_flush writes that count once the period is
+ * over, should no next line come. A log_limit is used by one thread only, and lives as long
+ * as that thread calls log_limited_flush. */
+#define LOG_LIMIT_MS   10000
+#define LOG_LIMIT_TEXT 512 /* what a flushed count repeats of the last line */
 struct log_limit {
 	uint64_t next_ms;
 	unsigned skipped;
+	uint8_t listed;                /* on its thread's list of counts to flush */
+	struct log_limit *next_listed; /* that list */
+	const char *level;
+	char text[LOG_LIMIT_TEXT]; /* the message of the last line written */
 };
 void log_limited(struct log_limit *l, const char *level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* Write the counts of this thread's limits whose period is over (all of them: every count
+ * left, as the thread ends): "<the last line's message> (and N more like it since)", so that
+ * a burst that stopped is counted too. Cheap when there is nothing to write (the workers call
+ * it every loop turn). */
+void log_limited_flush(int all);
 
 #define log_err(...)  log_msg("error", __VA_ARGS__)
 #define log_warn(...) log_msg("warn", __VA_ARGS__)

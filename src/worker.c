@@ -1252,6 +1252,7 @@ void *worker_main(void *arg)
 			on_timeout(w, c);
 		dns_next = dns_tick(w->dns, w->now_ms);
 		relay_tick(w);
+		log_limited_flush(0); /* within MAX_WAIT_MS of a period's end */
 		if (w->accept_retry_ms && w->now_ms >= w->accept_retry_ms) {
 			w->accept_retry_ms = 0;
 			for (int i = 0; i < w->nlisten; i++)
@@ -1290,6 +1291,7 @@ void *worker_main(void *arg)
 			run_queued(w);
 	}
 	stop_all(w);
+	log_limited_flush(1); /* the counts of the last periods, before they go */
 	if (log_verbose)
 		log_stats(w);
 	worker_teardown(w);

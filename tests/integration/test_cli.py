@@ -306,6 +306,40 @@ class CliTest(unittest.TestCase):
         self.assertEqual(sorted(int(x.split("worker=")[1].split()[0]) for x in lines[stop:]
                                 if " stats: " in x), [0, 1])
 
+    def test_a_burst_of_refusals_is_counted_once_it_stops(self):
+        """A warning clients can cause is said once per 10 s per place, the next line counting
+        those left out. A burst that stops has no next line: its count used to be lost. Now
+        the worker writes it once the 10 s are over (-w 1: one place), or as it stops."""
+        with h.Proxy(["--max-conns", "1", "--handshake-timeout", "60"], workers=1,
+                     verbose=False) as p:
+            p.wait_live(0)  # the start-up probe's connection is gone
+            with h.open_client(p) as held:
+                p.wait_live(1)
+                t0 = time.monotonic()
+                for _ in range(4):  # the first is said, three are left out
+                    with h.open_client(p) as s:
+                        h.read_to_close(s, timeout=3)
+                want = "warn: refusing clients: --max-conns 1 reached"
+                first = [x for x in p.stderr_lines() if want in x]
+                self.assertEqual(len(first), 1, p.stderr())
+                self.assertNotIn("more like it", first[0])
+                time.sleep(8)
+                self.assertEqual([x for x in p.stderr_lines() if want in x], first,
+                                 "counted before its 10 s were over")
+                counted = h.wait_for(lambda: [x for x in p.stderr_lines() if
+                                              want + " (and 3 more like it since)" in x],
+                                     5 * h.SLOW, what="the count of the refusals left out")
+                self.assertGreater(time.monotonic() - t0, 9.5)
+                self.assertEqual(len(counted), 1)
+                # the count line began a period: two more refusals are left out, and
+                # counted as the worker stops
+                for _ in range(2):
+                    with h.open_client(p) as s:
+                        h.read_to_close(s, timeout=3)
+        lines = [x for x in p.stderr_lines() if want in x]
+        self.assertEqual(len(lines), 3, p.stderr())
+        self.assertIn(want + " (and 2 more like it since)", lines[2])
+
     def test_max_conns(self):
         """--max-conns 4: a 5th client is closed at once (no bytes), and once one of the
         four goes away a new client is served again."""
