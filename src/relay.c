@@ -337,6 +337,8 @@ static void arm_pollout(struct worker *w, struct conn *c, int d)
 	sqe = worker_sqe(w);
 	io_uring_prep_poll_add(sqe, dst_fd(c, d), POLLOUT);
 	sqe->user_data = worker_op(w, c, out_op(d));
+	/* its result is a poll mask, not a count of bytes sent (relay_event) */
+	c->dir[d].flags |= DIR_POLLOUT;
 }
 
 /* End the multishot read (poll or recv) of direction d, if it is still armed. */
@@ -1030,6 +1032,17 @@ void relay_event(struct worker *w, struct conn *c, int op, unsigned flags, int r
 	int is_in = op == OP_POLLIN_C || op == OP_POLLIN_T;
 	int is_out = op == OP_POLLOUT_C || op == OP_POLLOUT_T;
 
+	if (is_out && (rd->flags & DIR_POLLOUT)) {
+		/* A splice's wait for room. Its pipe may have drained meanwhile (the destination
+		 * took it on a later read event) and, with no pipe to be had, bytes have been
+		 * queued in chunks whose first send waited for this op: send them now. Its result
+		 * is a poll mask (POLLOUT is 4), which copy_send_done would count as bytes sent. */
+		rd->flags &= (uint16_t)~DIR_POLLOUT;
+		if (rd->qhead && res >= 0) {
+			copy_send_head(w, c, d);
+			return;
+		}
+	}
 	if (rd->flags & (DIR_COPY | DIR_SWITCHING) || (is_out && rd->qhead)) {
 		/* copying, or a hybrid direction still finishing its copy phase */
 		if (is_in)

@@ -436,6 +436,78 @@ class RelayTest(h.EchoProxyTestCase):
                 s.close()
             srv.wait_done(n, timeout=10 * h.SLOW)
 
+    @unittest.skipIf(h.PEER or h.EXTRA_ARGS, "needs --pipes 1; runs splice and hybrid itself")
+    def test_a_wait_for_room_is_not_taken_for_a_send(self):
+        """A splicing direction waits for room at its destination with a POLLOUT poll, which
+        the copy path's sends share an operation with. When the destination takes what is in
+        the pipe before the poll fires (it has room, though less than poll reports as
+        writable), the pipe goes back to the pool with the poll still armed; another relay
+        takes the only pipe (--pipes 1), and the next bytes are read into the direction's own
+        chunks, whose send waits for the op in flight. The poll's result (POLLOUT, 4) was then
+        taken for a send of 4 bytes: the client lost 4 bytes of the stream, in splice and
+        hybrid alike. Every byte must arrive, in order."""
+        def lent(p):
+            return sum(w["pipes_lent"] for w in p.stats())
+
+        def reset(sock):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+
+        for mode in ("splice", "hybrid"):
+            with self.subTest(relay=mode), \
+                    socket.create_server(("127.0.0.1", 0)) as lst, \
+                    h.Proxy(["--relay", mode, "--pipes", 1], workers=1) as p:
+                port = lst.getsockname()[1]
+                yc = h.open_client(p)
+                self.assertEqual(h.handshake(yc, "127.0.0.1", port).rep, h.REP_OK)
+                yt, _ = lst.accept()
+                sent, got = bytearray(), bytearray()
+
+                def tsend(b):
+                    yt.sendall(b)
+                    sent.extend(b)
+
+                # the client does not read: once the proxy's send buffer to it is full, the
+                # pipe stays lent with bytes in it (the direction polls for room)
+                for _ in range(512):
+                    tsend(os.urandom(64 * 1024))
+                    time.sleep(0.01)
+                    if lent(p) == 1:
+                        break
+                self.assertEqual(lent(p), 1, "the client's side never filled up")
+                # the client reads a little at a time (less than the third of the proxy's
+                # send buffer that makes poll report room); each small write from the
+                # destination then moves what is in the pipe, until the pipe is empty
+                # and goes back with the poll still armed
+                for _ in range(32):
+                    want = len(got) + 64 * 1024
+                    while len(got) < want:
+                        got += yc.recv(want - len(got))
+                    tsend(os.urandom(256))
+                    time.sleep(0.05)
+                    if lent(p) == 0:
+                        break
+                # another relay whose client does not read takes the only pipe
+                zc = h.open_client(p)
+                zc.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                self.assertEqual(h.handshake(zc, "127.0.0.1", port).rep, h.REP_OK)
+                zt, _ = lst.accept()
+                zt.setblocking(False)
+                try:
+                    zt.send(os.urandom(4 * MiB))
+                except BlockingIOError:
+                    pass
+                h.wait_for(lambda: lent(p) == 1, 5 * h.SLOW, what="the other relay's pipe")
+                tsend(os.urandom(1000))  # read into chunks: no pipe to be had
+                time.sleep(0.1)
+                yt.shutdown(socket.SHUT_WR)
+                data, how = h.read_to_close(yc, timeout=10 * h.SLOW)
+                got += data
+                self.assertEqual((len(got), how), (len(sent), "eof"))
+                self.assertEqual(h.sha256(got), h.sha256(sent), "bytes out of order")
+                for sock in (yc, yt, zc, zt):
+                    reset(sock)
+
     def test_a_reset_is_passed_on_as_a_reset(self):
         """A peer that resets its connection (here after 1000 bytes) cut the stream short:
         the other peer must see a reset too, not the orderly close that ends a whole stream
