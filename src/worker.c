@@ -247,8 +247,15 @@ static void on_accept(struct worker *w, uint32_t li, int res, unsigned flags)
 	struct conn *c;
 	int unpaced, ret;
 
-	if (!(flags & IORING_CQE_F_MORE))
+	if (!(flags & IORING_CQE_F_MORE)) {
 		w->accept_armed &= ~(1u << li);
+		/* The kernel ends a multishot accept on any error, and on a full completion
+		 * queue even with a client in res: armed again at the next turn of the loop, or
+		 * after ACCEPT_RETRY_MS for an error (none spins), or this worker's share of the
+		 * clients would wait in its listener's queue for good. */
+		if (res != -ECANCELED && !w->accept_retry_ms && !atomic_load(&w->stop))
+			w->accept_retry_ms = w->now_ms + (res >= 0 ? 0 : ACCEPT_RETRY_MS);
+	}
 	if (res < 0) {
 		if (res == -ECANCELED)
 			return;
