@@ -1,7 +1,9 @@
-"""Resource limits: --max-conns closes new clients at once while live ones keep working, and
-a storm of failed handshakes leaves no descriptor or slot behind."""
+"""Resource limits: --max-conns closes new clients at once while live ones keep working, a
+storm of failed handshakes leaves no descriptor or slot behind, and running out of descriptors
+is said once, not once per client."""
 
 import os
+import resource
 import socket
 import sys
 import threading
@@ -126,6 +128,46 @@ class NoLeakTest(h.ProxyTestCase):
                        what=f"sockets back to {base}")
             with h.socks_connect(self.proxy, "127.0.0.1", echo.port)[0] as s:
                 self.assertEqual(h.echo_roundtrip(s, b"after"), b"after")
+
+
+@h.ringsocks_only
+class DescriptorLimitTest(unittest.TestCase):
+    def test_out_of_descriptors_is_logged_once_and_clients_get_reply_1(self):
+        """The descriptor limit lowered under a running proxy to what its own descriptors and
+        a few relays take: each further client is accepted, but no socket toward its
+        destination can be opened. It gets reply 1 (general failure), the proxy says so once
+        per 10 s (clients cause it at any rate: it logged a line per client), and once the
+        relays are gone it serves again with nothing held."""
+        with h.EchoServer() as echo, h.Proxy([], workers=1) as p:
+            p.wait_live(0)
+            fds = len(os.listdir(f"/proc/{p.pid}/fd"))
+            # room for 4 relays (2 descriptors each) and one more accepted client
+            resource.prlimit(p.pid, resource.RLIMIT_NOFILE, (fds + 9, fds + 9))
+            held, failed = [], 0
+            try:
+                for _ in range(40):
+                    s = h.open_client(p, timeout=2 * h.SLOW)
+                    s.sendall(h.greeting() + h.request("127.0.0.1", echo.port))
+                    self.assertEqual(h.recv_exact(s, 2), b"\x05\x00")
+                    r = h.read_reply(s)
+                    if r.rep == h.REP_OK:
+                        held.append(s)
+                        continue
+                    self.assertEqual(r.raw, h.error_reply(h.REP_FAIL))
+                    failed += 1
+                    s.close()
+                # about 4 fit (a descriptor closing as the limit was set can make it 5)
+                self.assertIn(len(held), range(1, 8), "relays that fit under the limit")
+                self.assertEqual(failed, 40 - len(held))
+                for i, s in enumerate(held):  # the relays that got their sockets still work
+                    self.assertEqual(h.echo_roundtrip(s, b"relay %d" % i), b"relay %d" % i)
+            finally:
+                for s in held:
+                    s.close()
+            lines = [x for x in p.stderr_lines() if "Too many open files" in x]
+            self.assertEqual(len(lines), 1, "\n".join(lines[:5]))
+            with h.socks_connect(p, "127.0.0.1", echo.port)[0] as s:
+                self.assertEqual(h.echo_roundtrip(s, b"again"), b"again")
 
 
 if __name__ == "__main__":
