@@ -112,6 +112,7 @@ enum { DIR_UP = 0, DIR_DOWN = 1 };
 #define DIR_PAUSED     0x20   /* copy: reading stopped while too much waits to be sent */
 #define DIR_STARVED    0x40   /* copy: reading stopped for want of buffers */
 #define DIR_READABLE   0x80   /* splice-sqe: readiness seen while a splice was in flight */
+#define DIR_URGENT     0x100  /* splicing: POLLPRI, TCP urgent data has come (at_urgent_mark) */
 #define DIR_LARGE_READ 0x200  /* hybrid: the last read was large */
 #define DIR_SEND_DUE   0x400  /* copy: a send starts after this batch of completions */
 #define DIR_LISTED     0x800  /* copy: has an entry on the worker's starved ring */
