@@ -480,6 +480,14 @@ void worker_connect_next(struct worker *w, struct conn *c)
 			log_limited(&warned, "error",
 			            "cannot open a socket to connect: %s (live connections: %ld)",
 			            strerror(errno), atomic_load(&worker_live));
+			if (c->via != VIA_DIRECT) {
+				/* our own shortage, not the upstream's fault: no other upstream
+				 * would do better, and backing this one off skewed the
+				 * round-robin once descriptors were free again */
+				worker_conn_give_up(w, c, SOCKS5_REP_GENERAL_FAILURE,
+				                    "cannot open a socket");
+				return;
+			}
 			break;
 		}
 		set_nodelay(fd);
