@@ -126,6 +126,7 @@ enum { DIR_UP = 0, DIR_DOWN = 1 };
 #define DIR_SEND_DUE   0x400  /* copy: a send starts after this batch of completions */
 #define DIR_LISTED     0x800  /* copy: has an entry on the worker's starved ring */
 #define DIR_SLOW       0x1000 /* hybrid: paused once; reads a buffer at a time from then on */
+#define DIR_URGENT     0x2000 /* splicing: POLLPRI, TCP urgent data has come (at_urgent_mark) */
 
 struct relay_chunk;
 

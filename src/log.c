@@ -17,7 +17,10 @@ static void log_line(const char *level, unsigned skipped, struct log_limit *keep
                      const char *text_in, const char *fmt, va_list ap)
 {
 	static const char hex[] = "0123456789abcdef";
-	char text[1024], line[1100];
+	/* line: room for a message whose client-sent part (a name of up to 255 bytes) is all
+	 * escaped, four characters a byte: at 1100 a session line lost its result, bytes and
+	 * duration to such a name. At most PIPE_BUF, so that one write to a pipe stays whole. */
+	char text[1024], line[4096];
 	struct timespec ts;
 	struct tm tm;
 	int m;

@@ -324,7 +324,8 @@ static enum conn_op splout_op(int d)
 static void arm_pollin(struct worker *w, struct conn *c, int d)
 {
 	struct io_uring_sqe *sqe = worker_sqe(w);
-	io_uring_prep_poll_multishot(sqe, src_fd(c, d), POLLIN);
+	/* POLLPRI: urgent data, which splice cannot read past (at_urgent_mark) */
+	io_uring_prep_poll_multishot(sqe, src_fd(c, d), POLLIN | POLLPRI);
 	sqe->user_data = worker_op(w, c, in_op(d));
 }
 
@@ -590,6 +591,24 @@ static int chunk_pump(struct worker *w, struct conn *c, int d)
 
 /* ---- splice: splice(2) inline on readiness ---- */
 
+/* TCP urgent data (a byte sent with MSG_OOB: telnet's and FTP's interrupts): splice(2) reads
+ * nothing at its mark, however much follows. It says EAGAIN, and no readiness event comes
+ * again for what is there (the direction stopped for good), or, once the FIN is in, 0 (the
+ * bytes after the mark were taken for EOF and lost). recv(2) steps over the mark (leaving the
+ * urgent byte out of the stream, as the copy path reads it), so a direction at the mark reads
+ * through chunks (chunk_pump) until it is past. An EAGAIN asks only after POLLPRI said urgent
+ * data came (its readiness event comes after, if not before: EAGAIN is every drain's end);
+ * an EOF always asks (the POLLPRI event may still be on its way; it is once a direction). */
+static int at_urgent_mark(struct relay_dir *rd, int fd, int eof)
+{
+	if (!eof && !(rd->flags & DIR_URGENT))
+		return 0;
+	if (sockatmark(fd) == 1)
+		return 1;
+	rd->flags &= (uint16_t)~DIR_URGENT; /* past it */
+	return 0;
+}
+
 /* Move what direction d can move now. Returns 0, or -1 when the connection was closed. */
 static int splice_pump(struct worker *w, struct conn *c, int d)
 {
@@ -633,6 +652,11 @@ static int splice_pump(struct worker *w, struct conn *c, int d)
 			rd->inpipe = (uint32_t)n;
 			continue;
 		}
+		if (n == 0 && at_urgent_mark(rd, src, 1)) {
+			/* with the FIN in, splice says EOF at the mark, though bytes follow it */
+			release_pipe(w, rd);
+			return chunk_pump(w, c, d);
+		}
 		if (n == 0) {
 			rd->flags |= DIR_EOF;
 			stop_reading(w, c, d);
@@ -643,9 +667,10 @@ static int splice_pump(struct worker *w, struct conn *c, int d)
 			                  d == DIR_UP ? "client read error" : "target read error");
 			return -1;
 		}
-		/* EAGAIN: nothing more to read; the pipe is empty, give it back */
+		/* EAGAIN: nothing more to read (or the urgent mark); the pipe is empty, give it
+		 * back */
 		release_pipe(w, rd);
-		return 0;
+		return at_urgent_mark(rd, src, 0) ? chunk_pump(w, c, d) : 0;
 	}
 }
 
@@ -704,6 +729,11 @@ static void sqe_in_done(struct worker *w, struct conn *c, int d, int res)
 		sqe_splice_out(w, c, d);
 		return;
 	}
+	if (res == 0 && at_urgent_mark(rd, src_fd(c, d), 1)) {
+		release_pipe(w, rd); /* EOF at the mark, though bytes may follow it */
+		chunk_pump(w, c, d);
+		return;
+	}
 	if (res == 0) {
 		rd->flags |= DIR_EOF;
 		stop_reading(w, c, d);
@@ -711,10 +741,13 @@ static void sqe_in_done(struct worker *w, struct conn *c, int d, int res)
 		return;
 	}
 	if (res == -EAGAIN || res == -EINTR) {
-		if (rd->flags & DIR_READABLE)
+		if (rd->flags & DIR_READABLE) {
 			sqe_splice_in(w, c, d); /* readiness came while this one ran */
-		else
-			release_pipe(w, rd);
+			return;
+		}
+		release_pipe(w, rd);
+		if (at_urgent_mark(rd, src_fd(c, d), 0))
+			chunk_pump(w, c, d);
 		return;
 	}
 	worker_conn_abort(w, c, d == DIR_UP ? "client read error" : "target read error");
@@ -1065,6 +1098,8 @@ void relay_event(struct worker *w, struct conn *c, int op, unsigned flags, int r
 		worker_conn_abort(w, c, "poll error");
 		return;
 	}
+	if (is_in && (res & POLLPRI))
+		rd->flags |= DIR_URGENT;
 	if (w->cfg->relay_mode == RELAY_SPLICE_SQE) {
 		if (is_in)
 			sqe_readable(w, c, d);

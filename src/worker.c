@@ -522,8 +522,21 @@ void worker_connect_next(struct worker *w, struct conn *c)
 		struct io_uring_sqe *sqe;
 
 		if (fd < 0) {
+			/* out of descriptors, as a rule: every client past the limit meets it,
+			 * so it is said once per LOG_LIMIT_MS, not once per client */
+			static _Thread_local struct log_limit warned;
 			c->last_err = errno;
-			log_err("socket: %s", strerror(errno));
+			log_limited(&warned, "error",
+			            "cannot open a socket to connect: %s (live connections: %ld)",
+			            strerror(errno), atomic_load(&worker_live));
+			if (c->via != VIA_DIRECT) {
+				/* our own shortage, not the upstream's fault: no other upstream
+				 * would do better, and backing this one off skewed the
+				 * round-robin once descriptors were free again */
+				worker_conn_give_up(w, c, SOCKS5_REP_GENERAL_FAILURE,
+				                    "cannot open a socket");
+				return;
+			}
 			break;
 		}
 		set_nodelay(fd);

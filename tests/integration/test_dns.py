@@ -107,6 +107,29 @@ class DnsTest(h.ProxyTestCase):
         self.assertNotIn("\x1b", log)
         self.assertFalse([x for x in log.splitlines() if x.startswith(forged.decode())], log)
 
+    def test_a_long_name_of_control_bytes_leaves_the_session_line_whole(self):
+        """A name of 253 bytes that all need escaping (\\xNN, four characters each) that
+        resolves: the session line must still end with the result, the bytes each way and
+        the duration. It was cut at 1100 characters, so a client could keep what it moved
+        out of the log with the name it asked for."""
+        labels = [b"\x01" * 63, b"\x02" * 63, b"\x03" * 63, b"\x04" * 61]
+        name = b".".join(labels)
+        self.assertEqual(len(name), 253)
+        self.dns.add(name.decode("ascii"), a=["127.0.0.1"])
+        with h.open_client(self.proxy) as s:
+            s.sendall(h.greeting())
+            self.assertEqual(h.recv_exact(s, 2).hex(), "0500")
+            s.sendall(bytes([h.VER, h.CMD_CONNECT, 0, 3, len(name)]) + name +
+                      struct.pack("!H", self.echo4.port))
+            self.assertEqual(h.read_reply(s).rep, h.REP_OK)
+            port = s.getsockname()[1]
+            self.assertEqual(h.echo_roundtrip(s, b"x" * 1000), b"x" * 1000)
+        escaped = ".".join("".join(f"\\x{b:02x}" for b in label) for label in labels)
+        want = f"session client=127.0.0.1:{port} dst={escaped}:{self.echo4.port} "
+        line = h.wait_for(lambda: [x for x in self.proxy.stderr_lines() if want in x],
+                          5 * h.SLOW, what="the session line")[0]
+        self.assertRegex(line, r" result=succeeded up=1000 down=1000 ms=\d+$")
+
     def hung_listener(self, host, port):
         """host:port listens with a full accept queue: SYNs to it are dropped, a connect
         neither succeeds nor fails."""

@@ -1,7 +1,9 @@
-"""Resource limits: --max-conns closes new clients at once while live ones keep working, and
-a storm of failed handshakes leaves no descriptor or slot behind."""
+"""Resource limits: --max-conns closes new clients at once while live ones keep working, a
+storm of failed handshakes leaves no descriptor or slot behind, and running out of descriptors
+is said once, not once per client."""
 
 import os
+import resource
 import socket
 import sys
 import threading
@@ -126,6 +128,83 @@ class NoLeakTest(h.ProxyTestCase):
                        what=f"sockets back to {base}")
             with h.socks_connect(self.proxy, "127.0.0.1", echo.port)[0] as s:
                 self.assertEqual(h.echo_roundtrip(s, b"after"), b"after")
+
+
+@h.ringsocks_only
+class DescriptorLimitTest(unittest.TestCase):
+    def fill_to_the_limit(self, p, port, n=40):
+        """Lower the descriptor limit of the running proxy p to what its own descriptors and
+        about 4 relays take, then open n clients to 127.0.0.1:port one after the other: each
+        is accepted, and those past the limit get reply 1, as no socket toward their
+        destination can be opened. Returns the relays that got theirs (open) and the limit
+        as it was."""
+        p.wait_live(0)
+        fds = len(os.listdir(f"/proc/{p.pid}/fd"))
+        hard = resource.prlimit(p.pid, resource.RLIMIT_NOFILE)[1]
+        was = resource.prlimit(p.pid, resource.RLIMIT_NOFILE, (fds + 9, hard))
+        held, failed = [], 0
+        try:
+            for _ in range(n):
+                s = h.open_client(p, timeout=2 * h.SLOW)
+                s.sendall(h.greeting() + h.request("127.0.0.1", port))
+                self.assertEqual(h.recv_exact(s, 2), b"\x05\x00")
+                r = h.read_reply(s)
+                if r.rep == h.REP_OK:
+                    held.append(s)
+                    continue
+                self.assertEqual(r.raw, h.error_reply(h.REP_FAIL))
+                failed += 1
+                s.close()
+            # about 4 fit (a descriptor closing as the limit was set can make it 5)
+            self.assertIn(len(held), range(1, 8), "relays that fit under the limit")
+            self.assertEqual(failed, n - len(held))
+            for i, s in enumerate(held):  # the relays that got their sockets still work
+                self.assertEqual(h.echo_roundtrip(s, b"relay %d" % i), b"relay %d" % i)
+        except BaseException:
+            for s in held:
+                s.close()
+            raise
+        return held, was
+
+    def test_out_of_descriptors_is_logged_once_and_clients_get_reply_1(self):
+        """Clients past the descriptor limit get reply 1 (general failure), the proxy says so
+        once per 10 s (clients cause it at any rate: it logged a line per client), and once
+        the relays are gone it serves again with nothing held."""
+        with h.EchoServer() as echo, h.Proxy([], workers=1) as p:
+            held, _ = self.fill_to_the_limit(p, echo.port)
+            for s in held:
+                s.close()
+            p.wait_live(0)  # their descriptors are free again
+            lines = [x for x in p.stderr_lines() if "Too many open files" in x]
+            self.assertEqual(len(lines), 1, "\n".join(lines[:5]))
+            with h.socks_connect(p, "127.0.0.1", echo.port)[0] as s:
+                self.assertEqual(h.echo_roundtrip(s, b"again"), b"again")
+
+    def test_a_forwarder_out_of_descriptors_blames_no_upstream(self):
+        """A forwarder whose own descriptors ran out is no fault of its upstreams: it logged
+        each as 'unreachable: Too many open files' and backed every one off, so that once
+        descriptors were free again the next clients all went to one upstream instead of
+        round-robin. Clients past the limit get reply 1 at once."""
+        with h.EchoServer() as echo, h.Proxy([]) as up1, h.Proxy([]) as up2:
+            ups = (up1, up2)
+            with h.Proxy(["--upstream", h.socks5_url(up1), "--upstream", h.socks5_url(up2)],
+                         workers=1) as fwd:
+                held, was = self.fill_to_the_limit(fwd, echo.port)
+                for s in held:
+                    s.close()
+                resource.prlimit(fwd.pid, resource.RLIMIT_NOFILE, was)
+                fwd.wait_live(0)
+                blamed = [x for x in fwd.stderr_lines() if " upstream 127.0.0.1:" in x]
+                self.assertEqual(blamed, [])
+                lines = [x for x in fwd.stderr_lines() if "Too many open files" in x]
+                self.assertEqual(len(lines), 1, "\n".join(lines[:5]))
+                before = [sum(w["accepted"] for w in u.stats()) for u in ups]
+                for i in range(4):
+                    with h.socks_connect(fwd, "127.0.0.1", echo.port)[0] as s:
+                        self.assertEqual(h.echo_roundtrip(s, b"rr %d" % i), b"rr %d" % i)
+                after = [sum(w["accepted"] for w in u.stats()) for u in ups]
+                self.assertEqual([a - b for a, b in zip(after, before)], [2, 2],
+                                 "round-robin over both upstreams once descriptors are free")
 
 
 if __name__ == "__main__":

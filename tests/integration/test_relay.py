@@ -586,6 +586,47 @@ class RelayTest(h.EchoProxyTestCase):
                         self.assertEqual(segs_in(s) - before, 1,
                                          "the answer and the FIN came in separate segments")
 
+    def test_urgent_data_does_not_stop_a_direction(self):
+        """A byte sent with MSG_OOB (TCP urgent data: telnet's and FTP's interrupts) after bulk
+        (a hybrid direction splices by then): what follows it must still arrive. splice(2)
+        reads nothing at the urgent mark, however much follows: with nothing more to come it
+        said EAGAIN and no readiness came again (down: the direction stopped for good), with
+        the FIN in it said EOF (up: the bytes after the mark were lost and the client reset).
+        The urgent byte itself is left out, as recv(2) reads the stream."""
+        bulk = os.urandom(4 * MiB)
+        tail = b"after the urgent byte"
+
+        def handler(c, addr):
+            h.recv_exact(c, 5)
+            c.sendall(bulk)
+            c.send(b"!", socket.MSG_OOB)
+            time.sleep(0.1)  # the urgent byte alone, then what follows it
+            c.sendall(tail)
+            data, how = h.read_to_close(c, timeout=10 * h.SLOW)
+            c.sendall(b"done")
+            return data == bulk + tail, how
+
+        with h.ThreadedServer(handler) as srv:
+            s, r = h.socks_connect(self.proxy, "127.0.0.1", srv.port)
+            with s:
+                s.settimeout(5 * h.SLOW)
+                s.sendall(b"start")
+                self.assertEqual(h.recv_exact(s, len(bulk)), bulk)
+                try:
+                    got = h.recv_exact(s, len(tail))
+                except socket.timeout:
+                    got = b"(nothing within 5 s)"
+                self.assertEqual(got, tail, "down: the bytes after the urgent one")
+                # up: the urgent byte, what follows it and the FIN at once
+                h.send_all_chunks(s, bulk)
+                s.send(b"!", socket.MSG_OOB)
+                s.sendall(tail)
+                s.shutdown(socket.SHUT_WR)
+                self.assertEqual(h.read_to_close(s, timeout=10 * h.SLOW), (b"done", "eof"))
+                srv.wait_done(timeout=5 * h.SLOW)
+            self.assertEqual(srv.errors, [])
+            self.assertEqual(srv.results, [(True, "eof")], "up: the bytes after the urgent one")
+
     def test_destination_resets(self):
         def handler(c, addr):
             c.sendall(b"partial")
