@@ -1105,9 +1105,16 @@ void relay_event(struct worker *w, struct conn *c, int op, unsigned flags, int r
 			sqe_readable(w, c, d);
 		else if (rd->inpipe)
 			sqe_splice_out(w, c, d);
-		return;
+	} else {
+		splice_pump(w, c, d);
 	}
-	splice_pump(w, c, d);
+	/* A splicing direction's multishot poll stays armed until its EOF, but the kernel ends
+	 * one that cannot post its event (a full completion queue): that event came here, and
+	 * the poll is armed again, or the direction would never be read again. */
+	if (is_in && !(flags & IORING_CQE_F_MORE) && c->state == CONN_RELAY &&
+	    !(rd->flags & (DIR_EOF | DIR_COPY | DIR_SWITCHING)) &&
+	    !(c->pending & CONN_OP_BIT(in_op(d))))
+		arm_pollin(w, c, d);
 }
 
 void relay_resume(struct worker *w, struct conn *c, int d)

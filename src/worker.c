@@ -1108,13 +1108,21 @@ static int ring_setup(struct worker *w)
 	 * a worker has at most one kernel thread beside it, whatever the load. */
 	unsigned int iowq[2] = {RING_IOWQ_MAX, RING_IOWQ_MAX};
 	int ret = -EINVAL;
+	unsigned sq = RING_ENTRIES, cq = RING_CQ_ENTRIES;
+	/* RINGSOCKS_RING_ENTRIES=N (tests only): a ring of N submissions and 2N completions, so
+	 * that a test can overflow the completion queue, which ends multishot requests */
+	const char *env = getenv("RINGSOCKS_RING_ENTRIES");
 
+	if (env && atoi(env) >= 1 && atoi(env) <= RING_ENTRIES) {
+		sq = (unsigned)atoi(env);
+		cq = 2 * sq;
+	}
 	for (size_t i = 0; i < sizeof(tries) / sizeof(tries[0]); i++) {
 		struct io_uring_params p;
 		memset(&p, 0, sizeof(p));
 		p.flags = tries[i] | IORING_SETUP_CQSIZE;
-		p.cq_entries = RING_CQ_ENTRIES;
-		ret = io_uring_queue_init_params(RING_ENTRIES, &w->ring, &p);
+		p.cq_entries = cq;
+		ret = io_uring_queue_init_params(sq, &w->ring, &p);
 		if (ret == 0) {
 			w->ring_flags = p.flags;
 			break;
