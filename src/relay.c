@@ -47,6 +47,7 @@ void pipe_pool_destroy(struct pipe_pool *p)
 		if (p->pipes[i].r >= 0) {
 			close(p->pipes[i].r);
 			close(p->pipes[i].w);
+			worker_put_fd_pair();
 		}
 	}
 	free(p->pipes);
@@ -81,9 +82,15 @@ int pipe_pool_get(struct pipe_pool *p)
 		return (int)p->free[--p->nfree];
 	for (uint32_t i = 0; i < p->cap; i++) {
 		if (p->pipes[i].r < 0) {
-			int err = pipe_create(p, &p->pipes[i]);
-			if (err < 0)
+			int err;
+			/* a pipe's two descriptors count as a pair, as a connection's do: made
+			 * only while the descriptor limit has room (else the direction copies) */
+			if (worker_take_fd_pair() < 0)
+				return -ENOSPC; /* said as such by take_pipe */
+			if ((err = pipe_create(p, &p->pipes[i])) < 0) {
+				worker_put_fd_pair();
 				return err;
+			}
 			p->live++;
 			return (int)i;
 		}
@@ -101,6 +108,7 @@ void pipe_pool_put(struct pipe_pool *p, int idx, int empty)
 	}
 	close(rp->r);
 	close(rp->w);
+	worker_put_fd_pair();
 	rp->r = rp->w = -1;
 	p->live--;
 }
@@ -407,7 +415,9 @@ static int take_pipe(struct worker *w, struct relay_dir *rd)
 	if (!w->pipes.warned_full) {
 		log_warn("no pipe to splice through (%u of --pipes %u in use: %s); copying instead "
 		         "until one is free",
-		         w->pipes.live, w->pipes.cap, strerror(-p));
+		         w->pipes.live, w->pipes.cap,
+		         p == -ENOSPC ? "the descriptor limit has no room for another"
+		                      : strerror(-p));
 		w->pipes.warned_full = 1;
 	}
 	return -1;

@@ -207,5 +207,75 @@ class DescriptorLimitTest(unittest.TestCase):
                                  "round-robin over both upstreams once descriptors are free")
 
 
+@h.ringsocks_only
+class PipeDescriptorTest(unittest.TestCase):
+    """A pipe holds two descriptors, as a connection does, and they come from the same room:
+    RLIMIT_NOFILE 128 leaves room for 48 pairs. 30 relays whose destinations send more than
+    their clients read each keep a pipe full (--relay splice), which would take 60 pairs in
+    all; pipes were made until pipe2 met EMFILE, and the next client then met it at accept
+    (accepts paused, the client waited in the listener's queue, 'Too many open files').
+    Now a pipe is made only while there is room for its pair (past that a direction copies),
+    and a client there is no room for is closed at once, with a warning."""
+
+    NOFILE = 128
+    RELAYS = 30
+    EACH = 8 << 20
+
+    def test_pipes_count_against_the_descriptor_limit(self):
+        with socket.create_server(("127.0.0.1", 0), backlog=64) as lst, \
+                h.Proxy(["--relay", "splice", "--pipes", "64"], workers=1,
+                        nofile=self.NOFILE) as p:
+            p.wait_live(0)
+            port = lst.getsockname()[1]
+            clients, targets = [], []
+            try:
+                for _ in range(self.RELAYS):
+                    s = h.open_client(p, timeout=5 * h.SLOW)
+                    self.assertEqual(h.handshake(s, "127.0.0.1", port).rep, h.REP_OK)
+                    t, _ = lst.accept()
+                    clients.append(s)
+                    targets.append(t)
+                # every destination sends until the proxy takes no more: the clients do
+                # not read, so each relay's pipe stays full
+                sent = [0] * self.RELAYS
+                deadline = time.monotonic() + 20 * h.SLOW
+                for i, t in enumerate(targets):
+                    t.setblocking(False)
+                    chunk = bytes([i]) * (256 << 10)
+                    while sent[i] < self.EACH and time.monotonic() < deadline:
+                        try:
+                            sent[i] += t.send(chunk[: self.EACH - sent[i]])
+                        except BlockingIOError:
+                            time.sleep(0.01)
+                            try:
+                                sent[i] += t.send(chunk[: self.EACH - sent[i]])
+                            except BlockingIOError:
+                                break
+                time.sleep(0.3)
+                lent = sum(w["pipes_lent"] for w in p.stats())
+                self.assertGreater(lent, 0, "no relay splices")
+                self.assertLessEqual(lent + self.RELAYS, 48, "pairs past the limit")
+                # the room is all taken: the next client is closed at once, not left waiting
+                # in the listener's queue
+                with socket.create_connection(p.addr, timeout=5 * h.SLOW) as x:
+                    data, _ = h.read_to_close(x, timeout=5 * h.SLOW)
+                    self.assertEqual(data, b"")
+                # every relay, splicing or copying, delivers every byte
+                for i, (s, t) in enumerate(zip(clients, targets)):
+                    t.setblocking(True)
+                    t.sendall(bytes([i]) * (self.EACH - sent[i]))
+                    t.close()
+                    got, _ = h.read_to_close(s, timeout=20 * h.SLOW, limit=2 * self.EACH)
+                    self.assertEqual((len(got), got.count(bytes([i]))),
+                                     (self.EACH, self.EACH), f"relay {i}")
+                self.assertNotIn("Too many open files", p.stderr())
+                self.assertIn("in use: the descriptor limit has no room for another)",
+                              p.stderr())
+            finally:
+                for s in clients + targets:
+                    s.close()
+            p.check_idle()
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
