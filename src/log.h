@@ -39,10 +39,13 @@ void log_limited_flush(int all);
 		if (log_verbose)                                                                   \
 			log_msg("info", __VA_ARGS__);                                              \
 	} while (0)
-#define log_warn_limited(...)                                                                      \
+/* log_limited with a limit of the call site's own (per thread) */
+#define log_at_limited(level, ...)                                                                 \
 	do {                                                                                       \
 		static _Thread_local struct log_limit log_limit_;                                  \
-		log_limited(&log_limit_, "warn", __VA_ARGS__);                                     \
+		log_limited(&log_limit_, level, __VA_ARGS__);                                      \
 	} while (0)
+#define log_warn_limited(...) log_at_limited("warn", __VA_ARGS__)
+#define log_err_limited(...)  log_at_limited("error", __VA_ARGS__)
 
 #endif

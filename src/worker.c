@@ -524,11 +524,10 @@ void worker_connect_next(struct worker *w, struct conn *c)
 		if (fd < 0) {
 			/* out of descriptors, as a rule: every client past the limit meets it,
 			 * so it is said once per LOG_LIMIT_MS, not once per client */
-			static _Thread_local struct log_limit warned;
 			c->last_err = errno;
-			log_limited(&warned, "error",
-			            "cannot open a socket to connect: %s (live connections: %ld)",
-			            strerror(errno), atomic_load(&worker_live));
+			log_err_limited(
+			    "cannot open a socket to connect: %s (live connections: %ld)",
+			    strerror(errno), atomic_load(&worker_live));
 			if (c->via != VIA_DIRECT) {
 				/* our own shortage, not the upstream's fault: no other upstream
 				 * would do better, and backing this one off skewed the
