@@ -160,6 +160,7 @@ struct conn {
 	const uint8_t *tx_base; /* what tx_len/tx_off index: txbuf, or the upstream's reply */
 	uint16_t early_len;     /* early data (after the request) at the start of rbuf */
 	int last_err;           /* errno of the last connect attempt */
+	const char *fail_why;   /* why the request was refused (a string literal), or NULL */
 	uint32_t tprev, tnext;  /* deadline list links (slot indices, UINT32_MAX: none) */
 	uint32_t qnext;         /* runnable list link */
 	uint64_t deadline_ms;

@@ -108,8 +108,6 @@ void upstream_failed(struct worker *w, struct conn *c, const char *reason)
 
 void upstream_timeout(struct worker *w, struct conn *c)
 {
-	char why[320];
-
 	/* the request counts as taken once all of it is out (the codec is in CLI_REPLY as soon
 	 * as it is queued); a UDP ASSOCIATE has no destination to reach: its reply is the
 	 * upstream's alone */
@@ -123,10 +121,8 @@ void upstream_timeout(struct worker *w, struct conn *c)
 	 * fault of the upstream. Trying the next upstream would send the same request again,
 	 * and backing this one off would count a slow destination against a healthy proxy.
 	 * The client gets reply 6, as for a destination that does not answer in time. */
-	snprintf(why, sizeof(why), "no reply in time from upstream %s",
-	         w->cfg->upstreams[c->up_i].text);
 	worker_cancel_ops(w, c, UPSTREAM_OPS);
-	worker_conn_give_up(w, c, SOCKS5_REP_TTL_EXPIRED, why);
+	worker_conn_give_up(w, c, SOCKS5_REP_TTL_EXPIRED, "no reply in time from the upstream");
 }
 
 void upstream_retry(struct worker *w, struct conn *c)

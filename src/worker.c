@@ -340,10 +340,21 @@ static void conn_free_if_idle(struct worker *w, struct conn *c)
 	}
 }
 
+/* Why a refusal happened, when the reply code alone does not say (-v's session line). The
+ * connect's own error is added to WHY_CONNECT. */
+static const char WHY_CONNECT[] = "connect failed";
+
 static void log_session(struct worker *w, struct conn *c, const char *why)
 {
 	char client[INET6_ADDRSTRLEN + 8] = "?", dst[SOCKS5_MAX_NAME + 16] = "-", udp[96];
+	char reason[96];
 	struct socks5_addr a;
+
+	if (!why && c->fail_why == WHY_CONNECT) {
+		snprintf(reason, sizeof(reason), "%s: %s", WHY_CONNECT, strerror(c->last_err));
+		why = reason;
+	} else if (!why)
+		why = c->fail_why;
 
 	if (socks5_addr_from_sockaddr(&a, (struct sockaddr *)&c->peer) == 0)
 		socks5_addr_str(&a, client, sizeof(client));
@@ -465,7 +476,8 @@ void worker_send_reply(struct worker *w, struct conn *c, const uint8_t *buf, siz
 }
 
 /* Send a failure reply (rep) and close once it is out. */
-static void conn_fail(struct worker *w, struct conn *c, uint8_t rep)
+/* Refuse the request with reply rep; why (a string literal, or NULL) goes to -v's session line. */
+static void conn_fail(struct worker *w, struct conn *c, uint8_t rep, const char *why)
 {
 	uint8_t buf[SOCKS5_MAX_REPLY];
 	int n = socks5_encode_reply(buf, sizeof(buf), rep, NULL);
@@ -473,6 +485,7 @@ static void conn_fail(struct worker *w, struct conn *c, uint8_t rep)
 	worker_close_fd(w, &c->tfd);
 	conn_timer_clear(&w->conns, c);
 	c->result = rep;
+	c->fail_why = why;
 	c->state = CONN_REPLYING;
 	c->closing_after_send = 1;
 	if (n > 0)
@@ -560,7 +573,7 @@ void worker_connect_next(struct worker *w, struct conn *c)
 		upstream_failed(w, c, why);
 		return;
 	}
-	conn_fail(w, c, errno_to_reply(c->last_err));
+	conn_fail(w, c, errno_to_reply(c->last_err), WHY_CONNECT);
 }
 
 static void on_connect(struct worker *w, struct conn *c, int res)
@@ -594,12 +607,12 @@ static void on_connect(struct worker *w, struct conn *c, int res)
 	conn_timer_clear(&w->conns, c);
 	if (getsockname(c->tfd, (struct sockaddr *)&ss, &len) < 0 ||
 	    socks5_addr_from_sockaddr(&bnd, (struct sockaddr *)&ss) < 0) {
-		conn_fail(w, c, SOCKS5_REP_GENERAL_FAILURE);
+		conn_fail(w, c, SOCKS5_REP_GENERAL_FAILURE, "getsockname failed");
 		return;
 	}
 	n = socks5_encode_reply(buf, sizeof(buf), SOCKS5_REP_SUCCEEDED, &bnd);
 	if (n < 0) {
-		conn_fail(w, c, SOCKS5_REP_GENERAL_FAILURE);
+		conn_fail(w, c, SOCKS5_REP_GENERAL_FAILURE, "cannot encode reply");
 		return;
 	}
 	c->result = SOCKS5_REP_SUCCEEDED;
@@ -685,9 +698,10 @@ void worker_conn_give_up(struct worker *w, struct conn *c, uint8_t rep, const ch
 		return;
 	}
 	if (c->via == VIA_UPSTREAM)
-		log_warn_limited("forwarding to %s failed: %s",
-		                 socks5_addr_str(&c->hs.req.dst, (char[300]){0}, 300), why);
-	conn_fail(w, c, rep);
+		log_warn_limited("forwarding to %s failed: %s (last upstream tried: %s)",
+		                 socks5_addr_str(&c->hs.req.dst, (char[300]){0}, 300), why,
+		                 w->cfg->upstreams[c->up_i].text);
+	conn_fail(w, c, rep, why);
 }
 
 void worker_conn_pass_failure(struct worker *w, struct conn *c, uint8_t rep, const uint8_t *reply,
@@ -722,7 +736,7 @@ static void start_request(struct worker *w, struct conn *c)
 		/* forwarder: every command goes to the upstream as sent (BIND's second reply
 		 * then flows through the relay unchanged; udp.c rewrites UDP ASSOCIATE's reply) */
 		if (req->cmd == SOCKS5_CMD_UDP_ASSOCIATE && !udp_supported(w)) {
-			conn_fail(w, c, SOCKS5_REP_CMD_NOT_SUPPORTED);
+			conn_fail(w, c, SOCKS5_REP_CMD_NOT_SUPPORTED, "no UDP");
 			return;
 		}
 		c->via = VIA_UPSTREAM;
@@ -738,7 +752,7 @@ static void start_request(struct worker *w, struct conn *c)
 		return;
 	}
 	if (req->cmd != SOCKS5_CMD_CONNECT) {
-		conn_fail(w, c, SOCKS5_REP_CMD_NOT_SUPPORTED);
+		conn_fail(w, c, SOCKS5_REP_CMD_NOT_SUPPORTED, NULL);
 		return;
 	}
 	conn_timer_set(&w->conns, c, TIMER_CONNECT, w->now_ms);
@@ -746,7 +760,7 @@ static void start_request(struct worker *w, struct conn *c)
 	c->last_err = EHOSTUNREACH;
 	if (req->dst.atyp == SOCKS5_ATYP_DOMAIN) {
 		if (strlen(req->dst.u.name) != req->dst.len) {
-			conn_fail(w, c, SOCKS5_REP_HOST_UNREACHABLE); /* embedded NUL */
+			conn_fail(w, c, SOCKS5_REP_HOST_UNREACHABLE, "a NUL byte in the name");
 			return;
 		}
 		c->state = CONN_RESOLVING;
@@ -757,7 +771,7 @@ static void start_request(struct worker *w, struct conn *c)
 	struct sockaddr_storage ss;
 	socklen_t len;
 	if (socks5_addr_to_sockaddr(&req->dst, &ss, &len) < 0) {
-		conn_fail(w, c, SOCKS5_REP_ATYP_NOT_SUPPORTED);
+		conn_fail(w, c, SOCKS5_REP_ATYP_NOT_SUPPORTED, NULL);
 		return;
 	}
 	memset(&c->addrs[0], 0, sizeof(c->addrs[0]));
@@ -782,7 +796,7 @@ void worker_resolved(struct worker *w, uint64_t ud, int status, const struct soc
 		if (c->via != VIA_DIRECT)
 			upstream_failed(w, c, "its name does not resolve");
 		else
-			conn_fail(w, c, SOCKS5_REP_HOST_UNREACHABLE);
+			conn_fail(w, c, SOCKS5_REP_HOST_UNREACHABLE, "the name does not resolve");
 		return;
 	}
 	memcpy(c->addrs, addrs, sizeof(addrs[0]) * (size_t)n);
@@ -957,7 +971,7 @@ static void on_timeout(struct worker *w, struct conn *c)
 		}
 		/* the connect still in flight ends cancelled; on_connect ignores it */
 		worker_cancel_ops(w, c, CONN_OP_BIT(OP_CONNECT));
-		conn_fail(w, c, SOCKS5_REP_TTL_EXPIRED);
+		conn_fail(w, c, SOCKS5_REP_TTL_EXPIRED, "connect timed out");
 		break;
 	case CONN_BIND_WAIT:
 		bind_timeout(w, c);

@@ -149,7 +149,8 @@ void worker_cancel_ops(struct worker *w, struct conn *c, uint32_t mask);
 void worker_send_reply(struct worker *w, struct conn *c, const uint8_t *buf, size_t len);
 /* Send buf (len may be 0) to the client and early data to the target, then relay. */
 void worker_reply_and_relay(struct worker *w, struct conn *c, const uint8_t *buf, size_t len);
-/* The destination cannot be reached: reply rep (a tunnel client is reset) and close. */
+/* The destination cannot be reached: reply rep (a tunnel client is reset) and close. why, a
+ * string literal, is logged (and kept for -v's session line). */
 void worker_conn_give_up(struct worker *w, struct conn *c, uint8_t rep, const char *why);
 /* An upstream's failure reply: passed to the client as it came (a tunnel client is reset). */
 void worker_conn_pass_failure(struct worker *w, struct conn *c, uint8_t rep, const uint8_t *reply,

@@ -238,7 +238,7 @@ class BindTimeoutTest(h.ProxyTestCase):
                    what="the BIND port to close")
         h.wait_for(lambda: h.socket_count(self.proxy.pid) <= before, 5 * h.SLOW,
                    what=f"sockets back to {before}")
-        c.wait_log(self.proxy, r"dst=127\.0\.0\.1:0 result=TTL expired")
+        c.wait_log(self.proxy, r"dst=127\.0\.0\.1:0 result=TTL expired reason=no peer connected")
 
 
 @h.ringsocks_only

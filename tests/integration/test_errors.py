@@ -9,6 +9,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import chain as c  # noqa: E402
 import harness as h  # noqa: E402
 
 OK_GREETING = bytes([5, 0])
@@ -40,6 +41,8 @@ class ProtocolTest(h.EchoProxyTestCase):
         how = self.assert_exchange_then_close(h.request("127.0.0.1", port),
                                               h.error_reply(h.REP_REFUSED))
         self.assertEqual(how, "eof", "the proxy reset the connection instead of closing it")
+        c.wait_log(self.proxy, rf"dst=127\.0\.0\.1:{port} result=connection refused"
+                               r" reason=connect failed: Connection refused up=0 ")
 
     def test_connection_refused_ipv6(self):
         port = h.unused_port("::1")
@@ -122,10 +125,10 @@ class ProtocolTest(h.EchoProxyTestCase):
     def test_bnd_is_the_outbound_address(self):
         peers = []
 
-        def handler(c, addr):
+        def handler(conn, addr):
             peers.append(addr[:2])
-            c.sendall(b"x")
-            h.read_to_close(c)
+            conn.sendall(b"x")
+            h.read_to_close(conn)
 
         with h.ThreadedServer(handler) as srv:
             s, r = h.socks_connect(self.proxy, "127.0.0.1", srv.port)

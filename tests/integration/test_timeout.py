@@ -10,6 +10,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import chain as c  # noqa: E402
 import harness as h  # noqa: E402
 
 T = 1.0  # --handshake-timeout and --connect-timeout
@@ -133,6 +134,9 @@ class TimeoutTest(h.EchoProxyTestCase):
                 self.assertEqual(data.hex(), h.error_reply(h.REP_TTL).hex())
                 self.assertGreaterEqual(elapsed, LOW)
                 self.assertLessEqual(elapsed, HIGH)
+            # -v's session line says what reply 6 stood for (RFC 1928 names it "TTL expired")
+            c.wait_log(self.proxy, rf"dst=127\.0\.0\.1:{bh.getsockname()[1]} result=TTL expired"
+                                   r" reason=connect timed out up=0 down=0 ")
         finally:
             filler.close()
             bh.close()
