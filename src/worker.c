@@ -82,9 +82,19 @@ uint64_t worker_now_ms(void)
 struct io_uring_sqe *worker_sqe(struct worker *w)
 {
 	struct io_uring_sqe *sqe;
+	int ret;
 
-	while (!(sqe = io_uring_get_sqe(&w->ring)))
-		io_uring_submit(&w->ring);
+	while (!(sqe = io_uring_get_sqe(&w->ring))) {
+		ret = io_uring_submit(&w->ring);
+		if (ret < 0 && ret != -EINTR) {
+			/* -EAGAIN: the kernel had no memory for a request. Only time gives it back:
+			 * wait a millisecond rather than spin on a full ring, and say why */
+			struct timespec ms = {.tv_nsec = 1000000};
+			log_err_limited("worker %d: io_uring_submit: %s; retrying", w->id,
+			                strerror(-ret));
+			nanosleep(&ms, NULL);
+		}
+	}
 	return sqe;
 }
 
