@@ -176,8 +176,13 @@ void upstream_connected(struct worker *w, struct conn *c)
 	u->in_len = 0;
 	u->out_off = 0;
 	socks5_client_start(&u->cli);
+	/* One request in flight at a time, so none is left over when the relay starts: the
+	 * recv is posted once the greeting is out. A recv posted beside the send could
+	 * complete first and be posted again; the reply parsed when the send completed then
+	 * started the relay with that recv still pending on u->in, and what the upstream
+	 * sent next landed there and was lost. An upstream that speaks first is read a
+	 * little later, from the socket's queue. */
 	send_out(w, c);
-	recv_in(w, c);
 }
 
 static void feed(struct worker *w, struct conn *c);
@@ -194,8 +199,8 @@ void upstream_on_send(struct worker *w, struct conn *c, int res)
 	if (u->out_off < u->cli.out_len)
 		send_out(w, c);
 	else if (u->in_len)
-		feed(w, c); /* what arrived while we were sending */
-	else if (!(c->pending & CONN_OP_BIT(OP_RECV_T)))
+		feed(w, c); /* what came with the previous message, pipelined */
+	else
 		recv_in(w, c);
 }
 
@@ -273,8 +278,7 @@ static void feed(struct worker *w, struct conn *c)
 		}
 	}
 	u->in_len = 0; /* the codec keeps partial messages itself */
-	if (!(c->pending & CONN_OP_BIT(OP_RECV_T)))
-		recv_in(w, c);
+	recv_in(w, c);
 }
 
 void upstream_on_recv(struct worker *w, struct conn *c, int res)
@@ -288,13 +292,5 @@ void upstream_on_recv(struct worker *w, struct conn *c, int res)
 		return;
 	}
 	u->in_len = (uint16_t)(u->in_len + res);
-	if (c->pending & CONN_OP_BIT(OP_SEND_T)) {
-		/* it answered before our message was out: parse when the send completes */
-		if (u->in_len == sizeof(u->in))
-			upstream_failed(w, c, "sent a malformed handshake");
-		else
-			recv_in(w, c);
-		return;
-	}
 	feed(w, c);
 }
