@@ -64,6 +64,7 @@ class ScriptedDns:
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.errors = []
+        self.late_sent = threading.Event()
         for target in (self._udp_loop, self._tcp_loop):
             threading.Thread(target=target, daemon=True).start()
 
@@ -94,12 +95,22 @@ class ScriptedDns:
             try:
                 out, _ = self._answers(msg, "udp")
                 for data, how in out:
+                    if how == "late":  # 1.5 s later, from the server's socket
+                        threading.Timer(1.5, self._send_late, (data, peer)).start()
+                        continue
                     sock = {"udp": self.udp, "port": self.other,
                             "addr": self.other_addr}.get(how)
                     if sock is not None:
                         sock.sendto(data, peer)
             except Exception as e:  # noqa: BLE001
                 self.errors.append(repr(e))
+
+    def _send_late(self, data, peer):
+        try:
+            self.udp.sendto(data, peer)
+        except OSError:
+            pass
+        self.late_sent.set()
 
     def _tcp_loop(self):
         self.tcp.settimeout(0.2)
@@ -131,7 +142,8 @@ def response(question, flags=0x8180, answers=(), qid=None):
     """A response to question (the query up to the end of its question section)."""
     qid = struct.unpack("!H", question[:2])[0] if qid is None else qid
     qd = struct.unpack("!H", question[4:6])[0]
-    return struct.pack("!6H", qid, flags, qd, len(answers), 0, 0) + question[12:] + b"".join(answers)
+    head = struct.pack("!6H", qid, flags, qd, len(answers), 0, 0)
+    return head + question[12:] + b"".join(answers)
 
 
 @unittest.skipIf(h.PEER, "needs --resolver")
@@ -165,6 +177,9 @@ class MisbehavingResolverTest(unittest.TestCase):
         good = a_rr(0xC00C.to_bytes(2, "big"), "127.0.0.1")
         bad = a_rr(0xC00C.to_bytes(2, "big"), "127.0.0.2")  # nothing listens there
         empty = [(response(q), "udp")]
+        if name == "fallback.test":  # ::1 first (RFC 6724), where nothing listens
+            rd = [rr(0xC00C.to_bytes(2, "big"), AAAA, socket.inet_pton(socket.AF_INET6, "::1"))]
+            return [(response(q, answers=rd if qtype == AAAA else [good]), "udp")]
         if qtype != A:
             return empty
         if name == "wrong-id.test":
@@ -209,6 +224,8 @@ class MisbehavingResolverTest(unittest.TestCase):
         if name.startswith("ttlmsb."):  # RFC 2181 8: a TTL with its top bit set means 0
             return [(response(q, answers=[a_rr(0xC00C.to_bytes(2, "big"), "127.0.0.1",
                                                0xFFFFFFFF)]), "udp")]
+        if name == "late.test":
+            return [(response(q, answers=[good]), "late")]
         if name.startswith("many"):
             time.sleep(0.002)
             return [(response(q, answers=[good]), "udp")]
@@ -266,6 +283,33 @@ class MisbehavingResolverTest(unittest.TestCase):
         self.assertEqual(self.dns.count("ttl0.test"), 2, "a TTL of 0 is not cached")
         self.assertEqual(self.dns.count("ttlhuge.test"), 1, "a TTL of 2^31-1 is (for 300 s)")
         self.assertEqual(self.dns.count("ttlmsb.test"), 2, "a TTL of 2^32-1 is not cached")
+
+    def test_refused_address_falls_back_to_the_next(self):
+        """AAAA ::1 and A 127.0.0.1, the echo server on 127.0.0.1 only: whichever comes
+        first, the relay reaches it (ms, not a timeout)."""
+        self.assertLess(self.assert_ok("fallback.test"), 1.0)
+
+    def test_answer_after_the_connect_timeout(self):
+        """--connect-timeout 1, the answer 1.5 s late: reply 6 at 1 s, the late answer is
+        dropped (the slot may have a new tenant by then) but cached: the next client for
+        the name is served at once."""
+        with h.Proxy(["--resolver", self.dns.addr, "--connect-timeout", "1"], workers=1) as p:
+            with h.open_client(p) as s:
+                t0 = time.monotonic()
+                s.sendall(h.greeting() + h.request("late.test", self.echo.port))
+                self.assertEqual(h.recv_exact(s, 2).hex(), "0500")
+                data, _ = h.read_to_close(s, timeout=5 * h.SLOW)
+                self.assertEqual(data.hex(), h.error_reply(h.REP_TTL).hex())
+                self.assertLess(time.monotonic() - t0, 1.4)
+            s2 = h.open_client(p)  # takes the slot while the answer is on its way
+            self.assertTrue(self.dns.late_sent.wait(5), "the late answer was not sent")
+            time.sleep(0.2)  # the proxy reads it (a loopback datagram: well within this)
+            s2.close()
+            t0 = time.monotonic()
+            s, r = h.socks_connect(p, "late.test", self.echo.port)
+            s.close()
+            self.assertLess(time.monotonic() - t0, 0.5)
+            self.assertEqual(self.dns.count("late.test"), 1, "the late answer was not cached")
 
     def test_many_names_in_flight(self):
         errors = []

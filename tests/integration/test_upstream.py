@@ -9,6 +9,7 @@ import os
 import socket
 import struct
 import sys
+import threading
 import time
 import unittest
 
@@ -72,29 +73,55 @@ class MisbehavingUpstreamTest(c.FreshProcsMixin, unittest.TestCase):
     # ---- replies that arrive early or in pieces
 
     def test_upstream_speaks_first_all_in_one_segment(self):
-        """Method reply, CONNECT reply and its first data in one write, before it reads a
-        byte: the reply and the data reach the client, and the relay goes on."""
+        """Method reply (and auth status), CONNECT reply and its first data in one write,
+        before it reads a byte: the reply and the data reach the client, and the relay goes
+        on."""
         banner = b"220 hello from the destination\r\n"
         req = h.request("192.0.2.20", 21)
+        creds = ("alice", "s3cret")
+        for auth in (False, True):
+            with self.subTest(credentials=auth):
+                def handler(s, addr, auth=auth):
+                    s.sendall((b"\x05\x02\x01\x00" if auth else b"\x05\x00") + SUCCESS + banner)
+                    got = read_greeting(s)
+                    if auth:
+                        got += h.recv_exact(s, len(h.auth_request(*creds)))
+                    got += c.read_request(s)
+                    echo_rest(s)
+                    return got
+                srv = self.scripted(handler)
+                fwd = self.fwd([h.socks5_url(("127.0.0.1", srv.port), creds if auth else None)])
+                with h.open_client(fwd) as s:
+                    s.sendall(h.greeting() + req)
+                    self.assertEqual(h.recv_exact(s, 2).hex(), "0500")
+                    self.assertEqual(h.read_reply(s).raw.hex(), SUCCESS.hex())
+                    self.assertEqual(h.recv_exact(s, len(banner)), banner)
+                    msg = os.urandom(20000)
+                    self.assertEqual(h.echo_roundtrip(s, msg), msg)
+                srv.wait_done()
+                sent = (b"\x05\x02\x00\x02" + h.auth_request(*creds)) if auth else b"\x05\x01\x00"
+                self.assertEqual(srv.results, [sent + req])
+                self.finish(fwd, srv)
+
+    def test_tunnel_upstream_speaks_first(self):
+        """The same through `ringsocks tunnel -L`: the client sees the data, not the reply."""
+        banner = b"SSH-2.0-destination\r\n"
 
         def handler(s, addr):
             s.sendall(b"\x05\x00" + SUCCESS + banner)
-            got = read_greeting(s)
-            got += c.read_request(s)
+            got = read_greeting(s) + c.read_request(s)
             echo_rest(s)
             return got
         srv = self.scripted(handler)
-        fwd = self.fwd([srv.url])
-        with h.open_client(fwd) as s:
-            s.sendall(h.greeting() + req)
-            self.assertEqual(h.recv_exact(s, 2).hex(), "0500")
-            self.assertEqual(h.read_reply(s).raw.hex(), SUCCESS.hex())
+        tun = c.Tunnel(("192.0.2.29", 22), srv.url, ["--connect-timeout", str(TIMEOUT)],
+                       workers=1)
+        self.procs.append(tun)
+        with socket.create_connection(tun.addr) as s:
             self.assertEqual(h.recv_exact(s, len(banner)), banner)
-            msg = os.urandom(20000)
-            self.assertEqual(h.echo_roundtrip(s, msg), msg)
+            self.assertEqual(h.echo_roundtrip(s, b"y" * 5000), b"y" * 5000)
         srv.wait_done()
-        self.assertEqual(srv.results, [b"\x05\x01\x00" + req])
-        self.finish(fwd, srv)
+        self.assertEqual(srv.results, [b"\x05\x01\x00" + h.request("192.0.2.29", 22)])
+        self.finish(tun, srv)
 
     def test_one_byte_pieces(self):
         bnd = c.reply_bytes(0, "piecewise.upstream.test", 4321)
@@ -217,6 +244,61 @@ class MisbehavingUpstreamTest(c.FreshProcsMixin, unittest.TestCase):
         good.server.wait_done()
         self.assertEqual(good.requests(), [h.request("192.0.2.25", 80)])
         self.finish(fwd, bad)
+
+    # ---- authentication
+
+    def test_upstream_wants_credentials_we_do_not_have(self):
+        """05 FF to our no-auth greeting, or a pick of username/password that we did not
+        offer: the upstream is logged and failed over, the client gets reply 1 at once."""
+        wants = self.keep(c.FakeUpstream(auth=("alice", "s3cret")))  # answers 05 FF
+
+        def handler(s, addr):  # picks 02 although only 00 was offered
+            read_greeting(s)
+            s.sendall(b"\x05\x02")
+            while s.recv(65536):
+                pass
+        picks = self.scripted(handler)
+        fwd = self.fwd([wants.url(), picks.url])
+        with h.open_client(fwd) as s:
+            t0 = time.monotonic()
+            s.sendall(h.greeting() + h.request("192.0.2.27", 80))
+            self.assertEqual(h.recv_exact(s, 2).hex(), "0500")
+            data, _ = h.read_to_close(s, timeout=5 * h.SLOW)
+            self.assertEqual(data.hex(), ALL_FAILED.hex())
+            self.assertLess(time.monotonic() - t0, TIMEOUT)
+        c.wait_log(fwd, rf"upstream 127\.0\.0\.1:{wants.port}: accepts none of our auth")
+        c.wait_log(fwd, rf"upstream 127\.0\.0\.1:{picks.port}: sent a malformed handshake")
+        picks.wait_done()
+        self.finish(fwd, picks)
+
+    # ---- many clients while upstreams fail
+
+    def test_many_clients_while_upstreams_fail(self):
+        """60 clients at once over a refused upstream, one that sends garbage and a good one:
+        every client gets through with its bytes, and nothing is left behind."""
+        closed = self.keep(c.ClosedPort())
+        garbage = self.keep(c.FakeUpstream(garbage=b"\x05\x00\x05\x01\x00\x09"))
+        good = self.keep(c.FakeUpstream())
+        fwd = self.fwd([closed.url(), garbage.url(), good.url()], workers=2)
+        errors = []
+
+        def client(i):
+            try:
+                s, r = h.socks_connect(fwd, "192.0.2.28", 1000 + i)
+                with s:
+                    msg = os.urandom(1000 + i)
+                    if r.raw != SUCCESS or h.echo_roundtrip(s, msg) != msg:
+                        errors.append(f"{i}: {r}")
+            except BaseException as e:  # noqa: BLE001
+                errors.append(f"{i}: {e!r}")
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(60)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30 * h.SLOW)
+        self.assertEqual(errors, [])
+        h.wait_for(lambda: len(good.requests()) == 60, 5 * h.SLOW, what="60 requests")
+        self.finish(fwd)
 
     # ---- the client gives up while the upstream handshake is in flight
 
