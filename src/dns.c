@@ -216,6 +216,10 @@ static void query_done(void *arg, int status, int timeouts, struct ares_addrinfo
 				ttl = ai->ai_ttl;
 			n++;
 		}
+		/* an alias is good only as long as its own TTL: the chain's least counts */
+		for (struct ares_addrinfo_cname *cn = res->cnames; cn; cn = cn->next)
+			if (cn->ttl < ttl)
+				ttl = cn->ttl;
 	}
 	if (res)
 		ares_freeaddrinfo(res);

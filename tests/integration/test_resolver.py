@@ -211,6 +211,10 @@ class MisbehavingResolverTest(unittest.TestCase):
                 rr(0xC00C.to_bytes(2, "big"), CNAME, name_bytes("step1.cname.test")),
                 rr(name_bytes("step1.cname.test"), CNAME, name_bytes("step2.cname.test")),
                 a_rr(name_bytes("step2.cname.test"), "127.0.0.1")]), "udp")]
+        if name == "cname-ttl0.test":  # an alias of TTL 0 for a name of TTL 60
+            return [(response(q, answers=[
+                rr(0xC00C.to_bytes(2, "big"), CNAME, name_bytes("target.cname-ttl0.test"), 0),
+                a_rr(name_bytes("target.cname-ttl0.test"), "127.0.0.1", 60)]), "udp")]
         if name == "nxdomain.test":
             return [(response(q, flags=0x8183), "udp")]
         if name == "servfail.test":
@@ -283,6 +287,14 @@ class MisbehavingResolverTest(unittest.TestCase):
         self.assertEqual(self.dns.count("ttl0.test"), 2, "a TTL of 0 is not cached")
         self.assertEqual(self.dns.count("ttlhuge.test"), 1, "a TTL of 2^31-1 is (for 300 s)")
         self.assertEqual(self.dns.count("ttlmsb.test"), 2, "a TTL of 2^32-1 is not cached")
+
+    def test_cname_of_ttl_0_not_cached(self):
+        """The answer is good as long as every record of the chain: a CNAME of TTL 0 in front
+        of an A of TTL 60 is not cached. The cache took the addresses' TTL alone, and kept
+        the alias's old target for 60 s."""
+        for i in range(2):
+            self.assert_ok("cname-ttl0.test")
+        self.assertEqual(self.dns.count("cname-ttl0.test"), 2, "asked once, then cached")
 
     def test_refused_address_falls_back_to_the_next(self):
         """AAAA ::1 and A 127.0.0.1, the echo server on 127.0.0.1 only: whichever comes
