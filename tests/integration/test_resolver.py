@@ -215,6 +215,11 @@ class MisbehavingResolverTest(unittest.TestCase):
             return [(response(q, answers=[
                 rr(0xC00C.to_bytes(2, "big"), CNAME, name_bytes("target.cname-ttl0.test"), 0),
                 a_rr(name_bytes("target.cname-ttl0.test"), "127.0.0.1", 60)]), "udp")]
+        if name == "cname-loop.test":  # cname-loop -> other -> cname-loop, no address
+            other = name_bytes("other.cname-loop.test")
+            return [(response(q, answers=[
+                rr(0xC00C.to_bytes(2, "big"), CNAME, other),
+                rr(other, CNAME, name_bytes("cname-loop.test"))]), "udp")]
         if name == "nxdomain.test":
             return [(response(q, flags=0x8183), "udp")]
         if name == "servfail.test":
@@ -274,7 +279,7 @@ class MisbehavingResolverTest(unittest.TestCase):
 
     def test_malformed_and_negative_answers_host_unreachable(self):
         for name in ("cut-short.test", "loop.test", "wrong-type.test", "wrong-class.test",
-                     "nxdomain.test", "servfail.test"):
+                     "cname-loop.test", "nxdomain.test", "servfail.test"):
             with self.subTest(name=name):
                 elapsed = self.assert_unreachable(name)
                 print(f"  {name}: reply 4 after {elapsed:.2f}s", file=sys.stderr)
