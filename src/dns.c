@@ -21,7 +21,7 @@
 struct dns_watch {
 	int fd; /* -1: entry unused */
 	uint8_t read, write;
-	uint8_t armed; /* a poll is in flight */
+	uint8_t armed; /* the events of the poll in flight (POLLIN, POLLOUT), 0: none */
 	uint8_t dead;  /* c-ares dropped the socket; free when the poll ends */
 	uint32_t gen;
 };
@@ -54,13 +54,25 @@ static void watch_arm(struct dns *d, uint32_t i)
 	struct dns_watch *wt = &d->watch[i];
 	struct io_uring_sqe *sqe;
 	unsigned mask = (wt->read ? POLLIN : 0) | (wt->write ? POLLOUT : 0);
+	uint64_t ud = conn_ud(OP_DNS_POLL, wt->gen, i);
 
-	if (wt->armed || wt->dead || !mask)
+	if (wt->armed == mask || wt->dead || !mask)
 		return;
 	sqe = worker_sqe(d->w);
-	io_uring_prep_poll_add(sqe, wt->fd, mask);
-	sqe->user_data = conn_ud(OP_DNS_POLL, wt->gen, i);
-	wt->armed = 1;
+	if (wt->armed) {
+		/* c-ares wants other events than the poll in flight waits for: a TCP socket
+		 * (an answer with TC set is asked again over TCP) is watched for reading
+		 * when it opens, and for writing too once the query waits to go out. The
+		 * poll kept waiting for POLLIN alone, the query was never written, and the
+		 * name failed at the timeout. Change its events in place; a poll that ended
+		 * meanwhile is not found, and dns_poll_event arms a new one. */
+		io_uring_prep_poll_update(sqe, ud, 0, mask, IORING_POLL_UPDATE_EVENTS);
+		sqe->user_data = conn_ud(OP_IGNORE, 0, 0);
+	} else {
+		io_uring_prep_poll_add(sqe, wt->fd, mask);
+		sqe->user_data = ud;
+	}
+	wt->armed = (uint8_t)mask;
 }
 
 static void sock_state_cb(void *data, ares_socket_t fd, int readable, int writable)
@@ -204,6 +216,10 @@ static void query_done(void *arg, int status, int timeouts, struct ares_addrinfo
 				ttl = ai->ai_ttl;
 			n++;
 		}
+		/* an alias is good only as long as its own TTL: the chain's least counts */
+		for (struct ares_addrinfo_cname *cn = res->cnames; cn; cn = cn->next)
+			if (cn->ttl < ttl)
+				ttl = cn->ttl;
 	}
 	if (res)
 		ares_freeaddrinfo(res);

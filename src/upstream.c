@@ -15,6 +15,8 @@
 #include "udp.h"
 #include "worker.h"
 
+_Static_assert(CONFIG_MAX_UPSTREAMS <= 16, "upstream_hs.tried has a bit per upstream");
+
 static struct upstream_hs *uphs(struct worker *w, struct conn *c)
 {
 	return &w->uphs[conn_index(&w->conns, c)];
@@ -28,14 +30,19 @@ static int is_udp(struct worker *w, struct conn *c)
 	return c->hs.req.cmd == SOCKS5_CMD_UDP_ASSOCIATE;
 }
 
-/* The next upstream to try: healthy ones in round-robin order first, then the one whose
- * back-off ends soonest (a back-off is a preference, not a ban). */
-static int pick(struct worker *w)
+/* The next upstream to try, of those this client has not tried: healthy ones in round-robin
+ * order first, then the one whose back-off ends soonest (a back-off is a preference, not a
+ * ban). A failover chooses so too: stepping on to the next in the list took a backed-off
+ * one (silent, say) before a healthy one after it, and the client waited its whole
+ * --connect-timeout there. */
+static int pick(struct worker *w, unsigned tried)
 {
 	int n = w->cfg->nupstreams, best = -1;
 
 	for (int k = 0; k < n; k++) {
 		int i = (int)((w->up_rr + (unsigned)k) % (unsigned)n);
+		if (tried & (1u << i))
+			continue;
 		if (w->up_health[i].backoff_until_ms <= w->now_ms) {
 			w->up_rr = (unsigned)i + 1;
 			return i;
@@ -55,8 +62,10 @@ static void attempt(struct worker *w, struct conn *c)
 		worker_conn_give_up(w, c, SOCKS5_REP_GENERAL_FAILURE, "all upstreams failed");
 		return;
 	}
-	/* each attempt tries a different upstream: step past the ones tried already */
-	c->up_i = (uint8_t)(c->up_tries == 0 ? pick(w) : (c->up_i + 1) % w->cfg->nupstreams);
+	if (c->up_tries == 0)
+		uphs(w, c)->tried = 0;
+	c->up_i = (uint8_t)pick(w, uphs(w, c)->tried);
+	uphs(w, c)->tried |= (uint16_t)(1u << c->up_i);
 	c->up_tries++;
 	u = &w->cfg->upstreams[c->up_i];
 	conn_timer_set(&w->conns, c, TIMER_CONNECT, w->now_ms);
@@ -172,8 +181,13 @@ void upstream_connected(struct worker *w, struct conn *c)
 	u->in_len = 0;
 	u->out_off = 0;
 	socks5_client_start(&u->cli);
+	/* One request in flight at a time, so none is left over when the relay starts: the
+	 * recv is posted once the greeting is out. A recv posted beside the send could
+	 * complete first and be posted again; the reply parsed when the send completed then
+	 * started the relay with that recv still pending on u->in, and what the upstream
+	 * sent next landed there and was lost. An upstream that speaks first is read a
+	 * little later, from the socket's queue. */
 	send_out(w, c);
-	recv_in(w, c);
 }
 
 static void feed(struct worker *w, struct conn *c);
@@ -190,8 +204,8 @@ void upstream_on_send(struct worker *w, struct conn *c, int res)
 	if (u->out_off < u->cli.out_len)
 		send_out(w, c);
 	else if (u->in_len)
-		feed(w, c); /* what arrived while we were sending */
-	else if (!(c->pending & CONN_OP_BIT(OP_RECV_T)))
+		feed(w, c); /* what came with the previous message, pipelined */
+	else
 		recv_in(w, c);
 }
 
@@ -269,8 +283,7 @@ static void feed(struct worker *w, struct conn *c)
 		}
 	}
 	u->in_len = 0; /* the codec keeps partial messages itself */
-	if (!(c->pending & CONN_OP_BIT(OP_RECV_T)))
-		recv_in(w, c);
+	recv_in(w, c);
 }
 
 void upstream_on_recv(struct worker *w, struct conn *c, int res)
@@ -284,13 +297,5 @@ void upstream_on_recv(struct worker *w, struct conn *c, int res)
 		return;
 	}
 	u->in_len = (uint16_t)(u->in_len + res);
-	if (c->pending & CONN_OP_BIT(OP_SEND_T)) {
-		/* it answered before our message was out: parse when the send completes */
-		if (u->in_len == sizeof(u->in))
-			upstream_failed(w, c, "sent a malformed handshake");
-		else
-			recv_in(w, c);
-		return;
-	}
 	feed(w, c);
 }

@@ -17,6 +17,7 @@ struct upstream_hs {
 	struct socks5_client cli;
 	uint16_t out_off; /* bytes of cli.out already sent */
 	uint16_t in_len;  /* unparsed bytes from the upstream at the start of in[] */
+	uint16_t tried;   /* bit i: upstream i tried for this client (CONFIG_MAX_UPSTREAMS) */
 	uint8_t in[CONN_RBUF];
 	uint8_t tx[SOCKS5_MAX_REPLY + CONN_RBUF]; /* reply + what followed it, to the client */
 };

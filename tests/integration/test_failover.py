@@ -161,6 +161,34 @@ class FailoverTest(c.FreshProcsMixin, unittest.TestCase):
         self.assertLess(elapsed, TIMEOUT + 1)
         c.wait_log(fwd, rf"upstream 127\.0\.0\.1:{hole.port}: \S")
 
+    def test_failover_prefers_a_healthy_upstream_to_a_backed_off_one(self):
+        """After the first upstream fails, the next one tried is a healthy one, not one in its
+        back-off: a client failing over from a broken upstream used to step on to the next in
+        the list even while it was backed off for not answering, and waited the whole
+        --connect-timeout there before the healthy third was tried."""
+        flaky = self.keep(c.FakeUpstream())  # serves at first, then sends garbage
+        silent = self.keep(c.SilentServer())
+        good = self.keep(c.FakeUpstream())
+        fwd = self.fwd([flaky.url(), silent.fake.url(), good.url()])
+        s, raw, _ = self.connect_through(fwd, "192.0.2.30", 80)  # to flaky, round-robin
+        s.close()
+        s, raw, elapsed = self.connect_through(fwd, "192.0.2.31", 80)  # silent, then good
+        s.close()
+        self.assertEqual(raw.hex(), c.FakeUpstream.SUCCESS.hex())
+        self.assertGreaterEqual(elapsed, TIMEOUT - 0.5, "the silent upstream was not tried")
+        flaky.garbage = b"\x04\x5a"
+        # the silent one is backed off for 5 s now: whichever client meets the garbage fails
+        # over to the good one at once
+        for i in range(2):
+            s, raw, elapsed = self.connect_through(fwd, "192.0.2.32", 80 + i)
+            s.close()
+            self.assertEqual(raw.hex(), c.FakeUpstream.SUCCESS.hex())
+            self.assertLess(elapsed, TIMEOUT - 0.5,
+                            f"client {i}: a backed-off upstream was tried before a healthy one")
+        self.assertEqual(flaky.connections, 2)
+        self.assertEqual(silent.connections, 1, "the backed-off upstream was tried again")
+        c.wait_log(fwd, rf"upstream 127\.0\.0\.1:{flaky.port}: sent a malformed handshake")
+
     # ---- an upstream that has the request and is slow to reach the destination
 
     def test_slow_destination_behind_an_upstream_reply_6_no_failover(self):
