@@ -547,6 +547,7 @@ void udp_upstream_ready(struct worker *w, struct conn *c, struct upstream_hs *u)
 {
 	struct sockaddr_storage proxy, relay;
 	socklen_t plen = sizeof(proxy), rlen = sizeof(relay);
+	struct sockaddr_in6 to;
 	struct socks5_addr bnd;
 	struct udp_assoc *a;
 	int tunnel = udp_is_tunnel(w, c), err;
@@ -557,9 +558,13 @@ void udp_upstream_ready(struct worker *w, struct conn *c, struct upstream_hs *u)
 		                    "the upstream's UDP relay address is not usable");
 		return;
 	}
+	sa_copy(&to, &relay, rlen);
+	/* An upstream on a dual-stack socket names its relay ::ffff:a.b.c.d: our IPv6 sockets
+	 * are IPv6-only and could not send there, so every datagram was dropped. */
+	worker_unmap_v4(&to);
 	if (tunnel) {
 		a = assoc_of(w, c);
-		sa_copy(&a->relay, &relay, rlen);
+		a->relay = to;
 		assoc_go(w, c, NULL);
 		send_waiting(w, c, a);
 		return;
@@ -568,7 +573,7 @@ void udp_upstream_ready(struct worker *w, struct conn *c, struct upstream_hs *u)
 	a = assoc_init(w, c, UDP_FORWARD);
 	if (assoc_take_fds(w, c, a) < 0)
 		return;
-	sa_copy(&a->relay, &relay, rlen);
+	a->relay = to;
 	if ((err = set_client(c, a, c->hs.req.dst.port)) < 0 ||
 	    (err = open_client_socket(c, a, &bnd)) < 0) {
 		a->live = 0;
@@ -761,7 +766,9 @@ void udp_resolved(struct worker *w, uint64_t ud, int status, const struct sockad
 		drop(w, a, q.bid);
 	} else {
 		uint8_t *data = buf_at(w->udp, q.bid) + q.off;
-		send_out(w, c, a, q.bid, data + hl, q.len - hl, &addrs[0]);
+		struct sockaddr_in6 to = addrs[0];
+		worker_unmap_v4(&to); /* an AAAA of ::ffff:a.b.c.d */
+		send_out(w, c, a, q.bid, data + hl, q.len - hl, &to);
 	}
 	resolve_next(w, c, a);
 }

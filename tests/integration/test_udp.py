@@ -241,6 +241,15 @@ class UdpTest(h.EchoProxyTestCase):
                 self.assertEqual(a.recv().hex(),
                                  (udp_header(ip, self.echo.port) + payload).hex(), name)
 
+    def test_name_with_an_ipv4_mapped_address(self):
+        """A name whose only address is an AAAA ::ffff:127.0.0.1 is 127.0.0.1: the IPv6
+        socket toward destinations is IPv6-only, and such datagrams were dropped."""
+        self.dns.add("mapped.udp.test", aaaa=["::ffff:127.0.0.1"])
+        with Assoc(self.proxy) as a:
+            a.send("mapped.udp.test", self.echo.port, b"mapped name")
+            self.assertEqual(a.recv().hex(), (udp_header("127.0.0.1", self.echo.port)
+                                              + b"mapped name").hex())
+
     def test_unresolvable_name_is_dropped(self):
         with Assoc(self.proxy) as a:
             a.send("nxdomain.udp.test", self.echo.port, b"lost")
@@ -782,6 +791,57 @@ class UdpThroughUpstreamsTest(unittest.TestCase):
             self.assertEqual(s.recv(100), b"two")
             h.wait_for(lambda: len(c.log_lines(self.t_idle, sender)) == 2, 5 * h.SLOW,
                        what="the second session's line")
+
+
+@h.ringsocks_only
+class UdpMappedRelayTest(unittest.TestCase):
+    """An upstream on a dual-stack socket names its relay as an IPv4-mapped address
+    (::ffff:127.0.0.1). The forwarder and tunnel -U sent to it from their IPv6-only socket,
+    which cannot reach it: every datagram was dropped. Here the test plays the upstream (a
+    FakeUpstream naming the test's own UDP socket as its relay) and answers each datagram."""
+
+    def setUp(self):
+        self.relay = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.relay.bind(("127.0.0.1", 0))
+        self.relay.settimeout(5 * h.SLOW)
+        self.fake = c.FakeUpstream(replies=[c.reply_bytes(0, "::ffff:127.0.0.1",
+                                                          self.relay.getsockname()[1])])
+        self.procs = []
+
+    def tearDown(self):
+        try:
+            c.stop_all(self.procs)
+        finally:
+            self.fake.close()
+            self.relay.close()
+
+    def answer(self, expect, reply):
+        """Receive expect at the relay (from 127.0.0.1), send reply back to its sender."""
+        data, src = self.relay.recvfrom(65535)
+        self.assertEqual((data.hex(), src[0]), (expect.hex(), "127.0.0.1"))
+        self.relay.sendto(reply, src)
+
+    def test_forwarder(self):
+        fwd = h.Proxy(["--upstream", self.fake.url()])
+        self.procs.append(fwd)
+        with Assoc(fwd) as a:
+            a.send("192.0.2.1", 7, b"to the relay")
+            self.answer(udp_header("192.0.2.1", 7) + b"to the relay",
+                        udp_header("192.0.2.1", 7) + b"answer")
+            self.assertEqual(a.recv(), udp_header("192.0.2.1", 7) + b"answer")
+        c.wait_log(fwd, r"udp_in=1 udp_out=1 udp_dropped=0")
+        fwd.check_idle()
+
+    def test_tunnel_u(self):
+        t = UdpTunnel(("192.0.2.1", 7), self.fake.url())
+        self.procs.append(t)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            s.settimeout(5 * h.SLOW)
+            s.sendto(b"ping", t.addr)
+            self.answer(udp_header("192.0.2.1", 7) + b"ping",
+                        udp_header("192.0.2.1", 7) + b"pong")
+            self.assertEqual(s.recvfrom(100), (b"pong", t.addr))
 
 
 class UdpTunnel(c.Tunnel):
