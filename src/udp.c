@@ -1005,12 +1005,26 @@ static struct conn *session_new(struct worker *w, uint32_t i, const struct socka
 	struct udp_assoc *a;
 	struct conn *c;
 	uint32_t *head;
+	int ret;
 
-	if (worker_take_live(w) < 0)
+	/* said as for a refused TCP client: a sender learns nothing from a dropped datagram */
+	if ((ret = worker_take_live(w)) < 0) {
+		if (ret == -1)
+			log_warn_limited("tunnel -U: dropping datagrams of new senders: "
+			                 "--max-conns %ld reached",
+			                 w->cfg->max_conns);
+		else
+			log_warn_limited("tunnel -U: dropping datagrams of new senders: the "
+			                 "descriptor limit leaves room for %ld sessions",
+			                 worker_fd_pairs_max);
 		return NULL;
+	}
 	c = conn_alloc(&w->conns);
 	if (!c) {
 		worker_put_live();
+		log_warn_limited("tunnel -U: dropping datagrams of new senders: all %u "
+		                 "session slots of worker %d in use",
+		                 w->conns.size, w->id);
 		return NULL;
 	}
 	c->start_ms = w->now_ms;

@@ -709,6 +709,9 @@ class UdpThroughUpstreamsTest(unittest.TestCase):
             cls.t_idle = UdpTunnel(("127.0.0.1", cls.echo.port), cls.direct,
                                    args=["--udp-idle-timeout", "1"])
             cls.procs.append(cls.t_idle)
+            cls.t_max = UdpTunnel(("127.0.0.1", cls.echo.port), cls.direct,
+                                  args=["--udp-idle-timeout", "1", "--max-conns", "1"])
+            cls.procs.append(cls.t_max)
         except BaseException:
             for p in cls.procs:
                 p.kill()
@@ -791,6 +794,27 @@ class UdpThroughUpstreamsTest(unittest.TestCase):
             self.assertEqual(s.recv(100), b"two")
             h.wait_for(lambda: len(c.log_lines(self.t_idle, sender)) == 2, 5 * h.SLOW,
                        what="the second session's line")
+
+    def test_tunnel_u_senders_past_max_conns_are_warned_of(self):
+        """A sender past --max-conns gets no session and its datagrams are dropped: that
+        used to go unsaid (a TCP client refused so is warned of), so tunnel -U looked
+        broken. Once the first sender's session ends, the second one gets its own."""
+        t = self.t_max
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s1, \
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s2:
+            for s in (s1, s2):
+                s.bind(("127.0.0.1", 0))
+                s.settimeout(5 * h.SLOW)
+            s1.sendto(b"first", t.addr)
+            self.assertEqual(s1.recv(100), b"first")
+            s2.sendto(b"second", t.addr)
+            c.wait_log(t, r"warn: tunnel -U: dropping datagrams of new senders: --max-conns 1 "
+                          r"reached")
+            self.assertEqual(self.echo.received(b"second"), [])
+            c.wait_log(t, rf"client=127\.0\.0\.1:{s1.getsockname()[1]} .*reason=idle",
+                       timeout=5 * h.SLOW)
+            s2.sendto(b"third", t.addr)
+            self.assertEqual(s2.recv(100), b"third")
 
 
 @h.ringsocks_only
