@@ -1007,8 +1007,11 @@ static struct conn *session_new(struct worker *w, uint32_t i, const struct socka
 	uint32_t *head;
 	int ret;
 
-	/* said as for a refused TCP client: a sender learns nothing from a dropped datagram */
+	/* counted and said as for a TCP client (the stats line had sessions that were never
+	 * accepted): a refused sender learns nothing from a dropped datagram */
+	w->stats.accepted++;
 	if ((ret = worker_take_live(w)) < 0) {
+		w->stats.refused_limit++;
 		if (ret == -1)
 			log_warn_limited("tunnel -U: dropping datagrams of new senders: "
 			                 "--max-conns %ld reached",
@@ -1022,6 +1025,7 @@ static struct conn *session_new(struct worker *w, uint32_t i, const struct socka
 	c = conn_alloc(&w->conns);
 	if (!c) {
 		worker_put_live();
+		w->stats.refused_limit++;
 		log_warn_limited("tunnel -U: dropping datagrams of new senders: all %u "
 		                 "session slots of worker %d in use",
 		                 w->conns.size, w->id);

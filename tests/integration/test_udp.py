@@ -794,6 +794,8 @@ class UdpThroughUpstreamsTest(unittest.TestCase):
             self.assertEqual(s.recv(100), b"two")
             h.wait_for(lambda: len(c.log_lines(self.t_idle, sender)) == 2, 5 * h.SLOW,
                        what="the second session's line")
+        # every session counted (as accepted), every slot and buffer back
+        self.t_idle.check_idle()
 
     def test_tunnel_u_senders_past_max_conns_are_warned_of(self):
         """A sender past --max-conns gets no session and its datagrams are dropped: that
@@ -815,6 +817,7 @@ class UdpThroughUpstreamsTest(unittest.TestCase):
                        timeout=5 * h.SLOW)
             s2.sendto(b"third", t.addr)
             self.assertEqual(s2.recv(100), b"third")
+        t.check_idle()  # the refused sender counted as a refused TCP client is
 
 
 @h.ringsocks_only
