@@ -819,6 +819,23 @@ class UdpThroughUpstreamsTest(unittest.TestCase):
             self.assertEqual(s2.recv(100), b"third")
         t.check_idle()  # the refused sender counted as a refused TCP client is
 
+    def test_tunnel_u_on_a_wildcard_address_answers_from_where_it_was_reached(self):
+        """On 0.0.0.0 (or ::) the answers left from the address the routing chose, not the
+        one the sender sent to: one sent to 127.0.0.2 was answered from 127.0.0.1, and a
+        connected socket (as resolvers use) never saw an answer."""
+        for bind, dests in (("0.0.0.0", ("127.0.0.2", "127.0.0.1")), ("::", ("::1",))):
+            t = UdpTunnel(("127.0.0.1", self.echo.port), self.direct, bind=bind)
+            try:
+                for dst in dests:
+                    with socket.socket(socket.AF_INET6 if ":" in dst else socket.AF_INET,
+                                       socket.SOCK_DGRAM) as s:
+                        s.settimeout(5 * h.SLOW)
+                        s.connect((dst, t.port))
+                        s.send(b"to " + dst.encode())
+                        self.assertEqual(s.recv(100), b"to " + dst.encode())
+            finally:
+                t.stop()
+
 
 @h.ringsocks_only
 class UdpMappedRelayTest(unittest.TestCase):
@@ -872,14 +889,16 @@ class UdpMappedRelayTest(unittest.TestCase):
 
 
 class UdpTunnel(c.Tunnel):
-    """`ringsocks tunnel -U 127.0.0.1:PORT:DEST --via URL`; started once the UDP port is bound."""
+    """`ringsocks tunnel -U BIND:PORT:DEST --via URL` (BIND: 127.0.0.1 unless given); started
+    once the UDP port is bound."""
 
-    def __init__(self, dest, via, args=(), **kw):
+    def __init__(self, dest, via, args=(), bind="127.0.0.1", **kw):
         self.udp_dest = f"{h.host_literal(dest[0])}:{dest[1]}"
+        self.bind = bind
         super().__init__([dest], via, args, **kw)
 
     def argv(self, port):
-        argv = [h.BIN, "tunnel", "-U", f"127.0.0.1:{port}:{self.udp_dest}"]
+        argv = [h.BIN, "tunnel", "-U", f"{h.host_literal(self.bind)}:{port}:{self.udp_dest}"]
         for v in self.vias:
             argv += ["--via", v]
         return argv + ["-w", str(self.workers), "-v"] + list(self.args)
