@@ -39,6 +39,10 @@ struct udp_tx {
 	struct sockaddr_in6 to; /* big enough for sockaddr_in too */
 	uint32_t slot, gen;
 	uint8_t toward_client;
+	union { /* the source address of an answer on a wildcard tunnel -U port */
+		struct cmsghdr align;
+		uint8_t buf[CMSG_SPACE(sizeof(struct in6_pktinfo))];
+	} ctl;
 };
 
 /* A datagram waiting for its destination's name to resolve, or for a tunnel to come up. */
@@ -59,10 +63,13 @@ struct udp_assoc {
 	uint8_t client_known;       /* client holds the port to answer to */
 	uint8_t client_fixed;       /* the request named the port: only it is accepted */
 	uint8_t fd_pair;            /* holds a second descriptor pair (worker_take_fd_pair) */
+	uint8_t local_known;        /* tunnel -U on a wildcard address: local is known */
 	uint32_t sprev, snext;      /* list of associations with a starved socket */
 	uint32_t hnext;             /* tunnel -U: sender hash chain */
 	struct sockaddr_in6 client; /* IP of the TCP peer (tunnel: the local sender) */
 	struct sockaddr_in6 relay;  /* forwarder / tunnel: the upstream's relay */
+	struct in6_addr local;      /* there, where the sender sent to (IPv4: 4 bytes) */
+	uint32_t local_if;          /* and its interface (IPv6) */
 	struct sockaddr_in6 contacted[UDP_MAX_CONTACTED];
 	struct udp_wait wait[UDP_MAX_WAITING];
 	uint64_t in, out, dropped;
@@ -81,6 +88,7 @@ struct udp_worker {
 	int local[CONFIG_MAX_LISTEN];
 	int nlocal;
 	uint32_t local_starved; /* bit per port whose recv ended for want of buffers */
+	uint32_t local_any;     /* bit per port bound to a wildcard address (IP_PKTINFO on) */
 	uint8_t thdr[CONFIG_MAX_LISTEN][SOCKS5_UDP_MAX_HEADER]; /* header toward each destination */
 	uint16_t thdr_len[CONFIG_MAX_LISTEN];
 	uint32_t *hash; /* sender -> slot chains */
@@ -331,9 +339,19 @@ int udp_init(struct worker *w, uint32_t slots)
 			return -errno;
 		u->local[i] = fd;
 		u->nlocal = i + 1;
+		/* on a wildcard address, answers must leave from the address each sender sent
+		 * to: the routing's choice of source is another address where the host has
+		 * several, and a sender's connected socket (as resolvers use) drops them */
+		if (addr_is_any((const struct sockaddr *)ss))
+			u->local_any |= 1u << i;
 		if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0 ||
 		    (ss->ss_family == AF_INET6 &&
 		     setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) < 0) ||
+		    ((u->local_any & (1u << i)) &&
+		     (ss->ss_family == AF_INET
+		          ? setsockopt(fd, IPPROTO_IP, IP_PKTINFO, &one, sizeof(one))
+		          : setsockopt(fd, IPPROTO_IPV6, IPV6_RECVPKTINFO, &one, sizeof(one))) <
+		         0) ||
 		    bind(fd, (const struct sockaddr *)ss, w->cfg->udp_listen_len[i]) < 0) {
 			struct socks5_addr a;
 			char text[64] = "?";
@@ -547,6 +565,7 @@ void udp_upstream_ready(struct worker *w, struct conn *c, struct upstream_hs *u)
 {
 	struct sockaddr_storage proxy, relay;
 	socklen_t plen = sizeof(proxy), rlen = sizeof(relay);
+	struct sockaddr_in6 to;
 	struct socks5_addr bnd;
 	struct udp_assoc *a;
 	int tunnel = udp_is_tunnel(w, c), err;
@@ -557,9 +576,13 @@ void udp_upstream_ready(struct worker *w, struct conn *c, struct upstream_hs *u)
 		                    "the upstream's UDP relay address is not usable");
 		return;
 	}
+	sa_copy(&to, &relay, rlen);
+	/* An upstream on a dual-stack socket names its relay ::ffff:a.b.c.d: our IPv6 sockets
+	 * are IPv6-only and could not send there, so every datagram was dropped. */
+	worker_unmap_v4(&to);
 	if (tunnel) {
 		a = assoc_of(w, c);
-		sa_copy(&a->relay, &relay, rlen);
+		a->relay = to;
 		assoc_go(w, c, NULL);
 		send_waiting(w, c, a);
 		return;
@@ -568,7 +591,7 @@ void udp_upstream_ready(struct worker *w, struct conn *c, struct upstream_hs *u)
 	a = assoc_init(w, c, UDP_FORWARD);
 	if (assoc_take_fds(w, c, a) < 0)
 		return;
-	sa_copy(&a->relay, &relay, rlen);
+	a->relay = to;
 	if ((err = set_client(c, a, c->hs.req.dst.port)) < 0 ||
 	    (err = open_client_socket(c, a, &bnd)) < 0) {
 		a->live = 0;
@@ -613,10 +636,38 @@ static int out_socket(struct worker *w, struct conn *c, struct udp_assoc *a, int
 	return fd;
 }
 
+/* An answer on a wildcard tunnel -U port leaves from where its sender sent to. */
+static void set_source(struct udp_tx *tx, const struct udp_assoc *a)
+{
+	struct cmsghdr *cm;
+
+	memset(&tx->ctl, 0, sizeof(tx->ctl));
+	tx->mh.msg_control = tx->ctl.buf;
+	if (a->client.sin6_family == AF_INET) {
+		struct in_pktinfo pi = {0};
+		memcpy(&pi.ipi_spec_dst, &a->local, 4);
+		tx->mh.msg_controllen = CMSG_SPACE(sizeof(pi));
+		cm = CMSG_FIRSTHDR(&tx->mh);
+		cm->cmsg_level = IPPROTO_IP;
+		cm->cmsg_type = IP_PKTINFO;
+		cm->cmsg_len = CMSG_LEN(sizeof(pi));
+		memcpy(CMSG_DATA(cm), &pi, sizeof(pi));
+	} else {
+		struct in6_pktinfo pi = {.ipi6_addr = a->local, .ipi6_ifindex = a->local_if};
+		tx->mh.msg_controllen = CMSG_SPACE(sizeof(pi));
+		cm = CMSG_FIRSTHDR(&tx->mh);
+		cm->cmsg_level = IPPROTO_IPV6;
+		cm->cmsg_type = IPV6_PKTINFO;
+		cm->cmsg_len = CMSG_LEN(sizeof(pi));
+		memcpy(CMSG_DATA(cm), &pi, sizeof(pi));
+	}
+}
+
 static void send_buf(struct worker *w, struct conn *c, int fd, uint32_t bid, uint8_t *data,
                      size_t len, const struct sockaddr_in6 *to, int toward_client)
 {
 	struct udp_tx *tx = &w->udp->tx[bid];
+	struct udp_assoc *a = assoc_of(w, c);
 	struct io_uring_sqe *sqe;
 
 	tx->to = *to;
@@ -627,6 +678,8 @@ static void send_buf(struct worker *w, struct conn *c, int fd, uint32_t bid, uin
 	tx->mh.msg_namelen = sa_len(to->sin6_family);
 	tx->mh.msg_iov = &tx->iov;
 	tx->mh.msg_iovlen = 1;
+	if (toward_client && a->local_known)
+		set_source(tx, a);
 	tx->slot = conn_index(&w->conns, c);
 	tx->gen = c->gen;
 	tx->toward_client = (uint8_t)toward_client;
@@ -761,7 +814,9 @@ void udp_resolved(struct worker *w, uint64_t ud, int status, const struct sockad
 		drop(w, a, q.bid);
 	} else {
 		uint8_t *data = buf_at(w->udp, q.bid) + q.off;
-		send_out(w, c, a, q.bid, data + hl, q.len - hl, &addrs[0]);
+		struct sockaddr_in6 to = addrs[0];
+		worker_unmap_v4(&to); /* an AAAA of ::ffff:a.b.c.d */
+		send_out(w, c, a, q.bid, data + hl, q.len - hl, &to);
 	}
 	resolve_next(w, c, a);
 }
@@ -998,12 +1053,30 @@ static struct conn *session_new(struct worker *w, uint32_t i, const struct socka
 	struct udp_assoc *a;
 	struct conn *c;
 	uint32_t *head;
+	int ret;
 
-	if (worker_take_live(w) < 0)
+	/* counted and said as for a TCP client (the stats line had sessions that were never
+	 * accepted): a refused sender learns nothing from a dropped datagram */
+	w->stats.accepted++;
+	if ((ret = worker_take_live(w)) < 0) {
+		w->stats.refused_limit++;
+		if (ret == -1)
+			log_warn_limited("tunnel -U: dropping datagrams of new senders: "
+			                 "--max-conns %ld reached",
+			                 w->cfg->max_conns);
+		else
+			log_warn_limited("tunnel -U: dropping datagrams of new senders: the "
+			                 "descriptor limit leaves room for %ld sessions",
+			                 worker_fd_pairs_max);
 		return NULL;
+	}
 	c = conn_alloc(&w->conns);
 	if (!c) {
 		worker_put_live();
+		w->stats.refused_limit++;
+		log_warn_limited("tunnel -U: dropping datagrams of new senders: all %u "
+		                 "session slots of worker %d in use",
+		                 w->conns.size, w->id);
 		return NULL;
 	}
 	c->start_ms = w->now_ms;
@@ -1038,20 +1111,71 @@ static void send_waiting(struct worker *w, struct conn *c, struct udp_assoc *a)
 	}
 }
 
+/* Where a datagram on a wildcard port was sent to (IP_PKTINFO / IPV6_PKTINFO), as an answer's
+ * source: the local address it reached (a broadcast's or multicast's is no source). Returns 1
+ * if found. The control messages sit in the headroom, unaligned: they are copied out. */
+static int local_dst(struct udp_worker *u, uint32_t bid, int res, struct in6_addr *addr,
+                     uint32_t *ifindex)
+{
+	struct io_uring_recvmsg_out *o = io_uring_recvmsg_validate(buf_at(u, bid), res, &u->rmsg);
+	uint8_t *p;
+	size_t left;
+
+	if (!o)
+		return 0;
+	p = (uint8_t *)io_uring_recvmsg_name(o) + u->rmsg.msg_namelen;
+	left = o->controllen;
+	while (left >= sizeof(struct cmsghdr)) {
+		struct cmsghdr cm;
+		memcpy(&cm, p, sizeof(cm));
+		if (cm.cmsg_len < sizeof(cm) || cm.cmsg_len > left)
+			break;
+		if (cm.cmsg_level == IPPROTO_IP && cm.cmsg_type == IP_PKTINFO &&
+		    cm.cmsg_len >= CMSG_LEN(sizeof(struct in_pktinfo))) {
+			struct in_pktinfo pi;
+			memcpy(&pi, p + CMSG_LEN(0), sizeof(pi));
+			memset(addr, 0, sizeof(*addr));
+			memcpy(addr, &pi.ipi_spec_dst, 4); /* ipi_addr may be a broadcast */
+			*ifindex = 0;
+			return 1;
+		}
+		if (cm.cmsg_level == IPPROTO_IPV6 && cm.cmsg_type == IPV6_PKTINFO &&
+		    cm.cmsg_len >= CMSG_LEN(sizeof(struct in6_pktinfo))) {
+			struct in6_pktinfo pi;
+			memcpy(&pi, p + CMSG_LEN(0), sizeof(pi));
+			if (IN6_IS_ADDR_MULTICAST(&pi.ipi6_addr))
+				return 0;
+			*addr = pi.ipi6_addr;
+			*ifindex = (uint32_t)pi.ipi6_ifindex;
+			return 1;
+		}
+		if (CMSG_ALIGN(cm.cmsg_len) >= left)
+			break;
+		p += CMSG_ALIGN(cm.cmsg_len);
+		left -= CMSG_ALIGN(cm.cmsg_len);
+	}
+	return 0;
+}
+
 static void local_datagram(struct worker *w, uint32_t i, uint32_t bid, int res)
 {
 	struct udp_worker *u = w->udp;
 	struct sockaddr_in6 from;
+	struct in6_addr dst;
+	uint32_t dst_if = 0;
 	struct udp_assoc *a;
 	struct conn *c;
 	uint8_t *data;
 	size_t len;
+	int dst_known;
 
 	if (parse(u, bid, res, &from, &data, &len) < 0) {
 		u->local_dropped++;
 		buf_put(w, bid);
 		return;
 	}
+	/* before the header goes into the headroom, over the control messages */
+	dst_known = (u->local_any & (1u << i)) && local_dst(u, bid, res, &dst, &dst_if);
 	c = session_find(w, i, &from);
 	if (!c)
 		c = session_new(w, i, &from);
@@ -1061,6 +1185,11 @@ static void local_datagram(struct worker *w, uint32_t i, uint32_t bid, int res)
 		return;
 	}
 	a = assoc_of(w, c);
+	if (dst_known) {
+		a->local = dst;
+		a->local_if = dst_if;
+		a->local_known = 1;
+	}
 	if (c->state != CONN_UDP) {
 		/* the association is being set up: keep a few datagrams for then */
 		struct udp_wait *q = wait_push(u, a);

@@ -241,6 +241,15 @@ class UdpTest(h.EchoProxyTestCase):
                 self.assertEqual(a.recv().hex(),
                                  (udp_header(ip, self.echo.port) + payload).hex(), name)
 
+    def test_name_with_an_ipv4_mapped_address(self):
+        """A name whose only address is an AAAA ::ffff:127.0.0.1 is 127.0.0.1: the IPv6
+        socket toward destinations is IPv6-only, and such datagrams were dropped."""
+        self.dns.add("mapped.udp.test", aaaa=["::ffff:127.0.0.1"])
+        with Assoc(self.proxy) as a:
+            a.send("mapped.udp.test", self.echo.port, b"mapped name")
+            self.assertEqual(a.recv().hex(), (udp_header("127.0.0.1", self.echo.port)
+                                              + b"mapped name").hex())
+
     def test_unresolvable_name_is_dropped(self):
         with Assoc(self.proxy) as a:
             a.send("nxdomain.udp.test", self.echo.port, b"lost")
@@ -700,6 +709,9 @@ class UdpThroughUpstreamsTest(unittest.TestCase):
             cls.t_idle = UdpTunnel(("127.0.0.1", cls.echo.port), cls.direct,
                                    args=["--udp-idle-timeout", "1"])
             cls.procs.append(cls.t_idle)
+            cls.t_max = UdpTunnel(("127.0.0.1", cls.echo.port), cls.direct,
+                                  args=["--udp-idle-timeout", "1", "--max-conns", "1"])
+            cls.procs.append(cls.t_max)
         except BaseException:
             for p in cls.procs:
                 p.kill()
@@ -782,17 +794,111 @@ class UdpThroughUpstreamsTest(unittest.TestCase):
             self.assertEqual(s.recv(100), b"two")
             h.wait_for(lambda: len(c.log_lines(self.t_idle, sender)) == 2, 5 * h.SLOW,
                        what="the second session's line")
+        # every session counted (as accepted), every slot and buffer back
+        self.t_idle.check_idle()
+
+    def test_tunnel_u_senders_past_max_conns_are_warned_of(self):
+        """A sender past --max-conns gets no session and its datagrams are dropped: that
+        used to go unsaid (a TCP client refused so is warned of), so tunnel -U looked
+        broken. Once the first sender's session ends, the second one gets its own."""
+        t = self.t_max
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s1, \
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s2:
+            for s in (s1, s2):
+                s.bind(("127.0.0.1", 0))
+                s.settimeout(5 * h.SLOW)
+            s1.sendto(b"first", t.addr)
+            self.assertEqual(s1.recv(100), b"first")
+            s2.sendto(b"second", t.addr)
+            c.wait_log(t, r"warn: tunnel -U: dropping datagrams of new senders: --max-conns 1 "
+                          r"reached")
+            self.assertEqual(self.echo.received(b"second"), [])
+            c.wait_log(t, rf"client=127\.0\.0\.1:{s1.getsockname()[1]} .*reason=idle",
+                       timeout=5 * h.SLOW)
+            s2.sendto(b"third", t.addr)
+            self.assertEqual(s2.recv(100), b"third")
+        t.check_idle()  # the refused sender counted as a refused TCP client is
+
+    def test_tunnel_u_on_a_wildcard_address_answers_from_where_it_was_reached(self):
+        """On 0.0.0.0 (or ::) the answers left from the address the routing chose, not the
+        one the sender sent to: one sent to 127.0.0.2 was answered from 127.0.0.1, and a
+        connected socket (as resolvers use) never saw an answer."""
+        for bind, dests in (("0.0.0.0", ("127.0.0.2", "127.0.0.1")), ("::", ("::1",))):
+            t = UdpTunnel(("127.0.0.1", self.echo.port), self.direct, bind=bind)
+            try:
+                for dst in dests:
+                    with socket.socket(socket.AF_INET6 if ":" in dst else socket.AF_INET,
+                                       socket.SOCK_DGRAM) as s:
+                        s.settimeout(5 * h.SLOW)
+                        s.connect((dst, t.port))
+                        s.send(b"to " + dst.encode())
+                        self.assertEqual(s.recv(100), b"to " + dst.encode())
+            finally:
+                t.stop()
+
+
+@h.ringsocks_only
+class UdpMappedRelayTest(unittest.TestCase):
+    """An upstream on a dual-stack socket names its relay as an IPv4-mapped address
+    (::ffff:127.0.0.1). The forwarder and tunnel -U sent to it from their IPv6-only socket,
+    which cannot reach it: every datagram was dropped. Here the test plays the upstream (a
+    FakeUpstream naming the test's own UDP socket as its relay) and answers each datagram."""
+
+    def setUp(self):
+        self.relay = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.relay.bind(("127.0.0.1", 0))
+        self.relay.settimeout(5 * h.SLOW)
+        self.fake = c.FakeUpstream(replies=[c.reply_bytes(0, "::ffff:127.0.0.1",
+                                                          self.relay.getsockname()[1])])
+        self.procs = []
+
+    def tearDown(self):
+        try:
+            c.stop_all(self.procs)
+        finally:
+            self.fake.close()
+            self.relay.close()
+
+    def answer(self, expect, reply):
+        """Receive expect at the relay (from 127.0.0.1), send reply back to its sender."""
+        data, src = self.relay.recvfrom(65535)
+        self.assertEqual((data.hex(), src[0]), (expect.hex(), "127.0.0.1"))
+        self.relay.sendto(reply, src)
+
+    def test_forwarder(self):
+        fwd = h.Proxy(["--upstream", self.fake.url()])
+        self.procs.append(fwd)
+        with Assoc(fwd) as a:
+            a.send("192.0.2.1", 7, b"to the relay")
+            self.answer(udp_header("192.0.2.1", 7) + b"to the relay",
+                        udp_header("192.0.2.1", 7) + b"answer")
+            self.assertEqual(a.recv(), udp_header("192.0.2.1", 7) + b"answer")
+        c.wait_log(fwd, r"udp_in=1 udp_out=1 udp_dropped=0")
+        fwd.check_idle()
+
+    def test_tunnel_u(self):
+        t = UdpTunnel(("192.0.2.1", 7), self.fake.url())
+        self.procs.append(t)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            s.settimeout(5 * h.SLOW)
+            s.sendto(b"ping", t.addr)
+            self.answer(udp_header("192.0.2.1", 7) + b"ping",
+                        udp_header("192.0.2.1", 7) + b"pong")
+            self.assertEqual(s.recvfrom(100), (b"pong", t.addr))
 
 
 class UdpTunnel(c.Tunnel):
-    """`ringsocks tunnel -U 127.0.0.1:PORT:DEST --via URL`; started once the UDP port is bound."""
+    """`ringsocks tunnel -U BIND:PORT:DEST --via URL` (BIND: 127.0.0.1 unless given); started
+    once the UDP port is bound."""
 
-    def __init__(self, dest, via, args=(), **kw):
+    def __init__(self, dest, via, args=(), bind="127.0.0.1", **kw):
         self.udp_dest = f"{h.host_literal(dest[0])}:{dest[1]}"
+        self.bind = bind
         super().__init__([dest], via, args, **kw)
 
     def argv(self, port):
-        argv = [h.BIN, "tunnel", "-U", f"127.0.0.1:{port}:{self.udp_dest}"]
+        argv = [h.BIN, "tunnel", "-U", f"{h.host_literal(self.bind)}:{port}:{self.udp_dest}"]
         for v in self.vias:
             argv += ["--via", v]
         return argv + ["-w", str(self.workers), "-v"] + list(self.args)
