@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
@@ -1087,6 +1088,10 @@ static void handle_cqe(struct worker *w, struct io_uring_cqe *cqe)
 		if (cqe->res != -ECANCELED && (c->state == CONN_BIND_WAIT || c->state == CONN_UDP))
 			worker_conn_close(w, c,
 			                  op == OP_WATCH_C ? "client closed" : "upstream closed");
+		/* relay: a side that had sent its EOF was reset (relay.c, watch_src); anything
+		 * else (the POLLRDHUP of its FIN; a BIND wait's watch ending late) means nothing */
+		else if (c->state == CONN_RELAY && cqe->res > 0 && (cqe->res & (POLLERR | POLLHUP)))
+			worker_conn_abort(w, c, op == OP_WATCH_C ? "client reset" : "target reset");
 		break;
 	default:
 		break;
