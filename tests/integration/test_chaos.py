@@ -30,6 +30,7 @@ SEED = int(os.environ.get("CHAOS_SEED") or random.SystemRandom().randrange(1 << 
 # CHAOS_EACH=1: the idle check after every scenario, to name the one that left something behind
 EACH = os.environ.get("CHAOS_EACH") == "1"
 END = 10 * h.SLOW  # how long an end that must come may take
+SLOW_NAME, SLOW_DNS = "slow.chaos.test", 0.3  # a name the test's DNS server answers late
 
 
 def abort(s, how):
@@ -200,6 +201,24 @@ class Chaos:
         s.settimeout(END)
         self.tc.assertEqual(h.read_reply(s).raw, h.error_reply(h.REP_TTL))
         abort(s, how)
+
+    def s_early_data_then_gone_while_resolving(self, how):
+        # data pipelined after the request, then the client goes before the name resolves:
+        # a destination that gets the data must not see it end as a whole stream would
+        s = self.client()
+        authed(s)
+        s.sendall(h.request(SLOW_NAME, self.dest.port) + b"early")
+        abort(s, how)
+        r, _, _ = select.select([self.dest.sock], [], [], SLOW_DNS + CONNECT_TIMEOUT + 1 * h.SLOW)
+        if not r:
+            return  # the proxy saw the client go and connected nowhere
+        with self.dest.accept() as d:
+            got, data = ended_keep(d)
+            self.tc.assertEqual(data, b"early")
+            # after a close the client's FIN says its stream was whole (a reset may follow:
+            # the closed socket refuses the reply)
+            if how == "rst":
+                self.tc.assertEqual(got, "reset", "the client's reset reaches the destination")
 
     def s_just_after_reply(self, how):
         s, d = self.connected()
@@ -405,6 +424,20 @@ class Chaos:
             abort(s, how)
 
 
+def ended_keep(s, timeout=END):
+    """Like ended, but the data read so far is returned too: (how, data)."""
+    s.settimeout(timeout)
+    buf = b""
+    try:
+        while True:
+            b = s.recv(1 << 20)
+            if not b:
+                return "eof", buf
+            buf += b
+    except (ConnectionResetError, BrokenPipeError):
+        return "reset", buf
+
+
 def ended_while_sending(s, timeout=END, eof_seen=False):
     """Keep sending on s while reading it, until the other end is gone ("eof" or "reset").
     After an EOF (eof_seen) recv says nothing more: only a failed send tells."""
@@ -461,7 +494,8 @@ class ChaosTest(unittest.TestCase):
         print(f"chaos seed {SEED} (replay: CHAOS_SEED={SEED})", file=sys.stderr, flush=True)
         cls.dest = Dest()
         cls.hole = Blackhole()
-        cls.dns = h.DnsServer()  # no name is asked for: the machine's resolver never is either
+        cls.dns = h.DnsServer()  # the machine's resolver is never asked
+        cls.dns.add(SLOW_NAME, a=["127.0.0.1"], delay=SLOW_DNS)
 
     @classmethod
     def tearDownClass(cls):
