@@ -2,15 +2,18 @@
 stage of a session, against each --relay mode with one and with two workers, in an order
 shuffled by a seed that is printed (CHAOS_SEED=N replays it). Stages: mid-greeting, after the
 greeting, mid-auth, mid-request, while the destination's connect is in flight (a listener whose
-backlog is full), just after the reply, mid-relay in each direction, during a half-close;
-destinations that refuse or reset at the same points; BIND (the client leaving while it waits,
-a peer from the wrong address, a peer that resets, two peers); and UDP ASSOCIATE's control
-connection. Each scenario asserts what the other end sees; after each round (one proxy) no
+backlog is full) or its name resolves (with data pipelined), just after the reply, mid-relay in
+each direction, during a half-close; destinations that refuse or reset at the same points; BIND
+(the client leaving while it waits, a peer from the wrong address, a peer that resets, two
+peers; a --bind-ports range smaller than the round's BINDs, so a listener left open fails the
+next); and UDP ASSOCIATE's control connection (also while a datagram's name resolves). Each
+scenario asserts what the other end sees; after each round (one proxy) no
 slot, chunk, pipe or buffer is held, the proxy holds the sockets it held before, and it still
 serves a plain CONNECT; at the end it exits cleanly on SIGTERM."""
 
 import errno
 import fcntl
+import itertools
 import os
 import random
 import select
@@ -30,6 +33,8 @@ SEED = int(os.environ.get("CHAOS_SEED") or random.SystemRandom().randrange(1 << 
 # CHAOS_EACH=1: the idle check after every scenario, to name the one that left something behind
 EACH = os.environ.get("CHAOS_EACH") == "1"
 END = 10 * h.SLOW  # how long an end that must come may take
+NAMES = itertools.count()
+BIND_PORTS = 3  # --bind-ports: fewer than the BINDs of a round
 SLOW_NAME, SLOW_DNS = "slow.chaos.test", 0.3  # a name the test's DNS server answers late
 
 
@@ -143,8 +148,9 @@ class Blackhole:
 class Chaos:
     """The scenarios of one round, against one proxy. Each is a method s_<name>(how)."""
 
-    def __init__(self, tc, proxy, dest, hole):
-        self.tc, self.proxy, self.dest, self.hole = tc, proxy, dest, hole
+    def __init__(self, tc, proxy, dest, hole, dns, bind_lo):
+        self.tc, self.proxy, self.dest, self.hole, self.dns = tc, proxy, dest, hole, dns
+        self.bind_ports = range(bind_lo, bind_lo + BIND_PORTS)
 
     def client(self):
         return h.open_client(self.proxy)
@@ -339,6 +345,7 @@ class Chaos:
         s.sendall(h.request(dst, 0, cmd=h.CMD_BIND))
         r = h.read_reply(s)
         self.tc.assertEqual(r.rep, h.REP_OK, r)
+        self.tc.assertIn(r.port, self.bind_ports)
         return s, r
 
     def s_bind_client_leaves_waiting(self, how):
@@ -423,6 +430,34 @@ class Chaos:
             s.sendall(b"ignored")  # bytes on the control connection mean nothing
             abort(s, how)
 
+    def s_udp_gone_while_a_datagram_name_resolves(self, how):
+        # a datagram waits in a buffer for its name when the control connection goes
+        s = self.client()
+        authed(s)
+        s.sendall(h.request("0.0.0.0", 0, cmd=h.CMD_UDP))
+        r = h.read_reply(s)
+        self.tc.assertEqual(r.rep, h.REP_OK, r)
+        name = f"u{next(NAMES)}.{SLOW_NAME}"  # a name no cache holds, asked for once
+        self.dns.add(name, a=["127.0.0.1"], delay=SLOW_DNS)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.sendto(b"\x00\x00\x00" + h.encode_addr(name)
+                     + struct.pack("!H", self.hole.port) + b"ping", (r.host, r.port))
+            h.wait_for(lambda: self.dns.count(name), END, what="the datagram's name asked")
+            abort(s, how)
+
+    def s_bind_early_data_then_peer_resets(self, how):
+        # data the client sent while it waited reaches the peer, which then goes
+        s, r = self.bind()
+        with s:
+            s.sendall(b"early")
+            p = peer_from("127.0.0.1", r)
+            h.read_reply(s)
+            self.tc.assertEqual(h.recv_exact(p, 5), b"early")
+            abort(p, how)
+            got = ended(s)
+            if how == "rst":
+                self.tc.assertEqual(got, "reset")
+
 
 def ended_keep(s, timeout=END):
     """Like ended, but the data read so far is returned too: (how, data)."""
@@ -483,6 +518,21 @@ def listening(port):
         return any(line.split()[1] == want and line.split()[3] == "0A" for line in f)
 
 
+def free_ports(n):
+    """The first of n consecutive ports that nothing has bound."""
+    for _ in range(100):
+        lo = h.unused_port()
+        if lo + n <= 32000 and not any(listening(lo + i) for i in range(n)):
+            try:
+                for i in range(n):
+                    with socket.socket() as x:
+                        x.bind(("127.0.0.1", lo + i))
+                return lo
+            except OSError:
+                continue
+    raise RuntimeError("no free port range")
+
+
 SCENARIOS = sorted(n[2:] for n in dir(Chaos) if n.startswith("s_"))
 MODES = ("hybrid", "splice", "splice-sqe", "copy")
 
@@ -507,13 +557,16 @@ class ChaosTest(unittest.TestCase):
         rng = random.Random(f"{SEED}-{mode}-{workers}")
         plan = [(n, how) for n in SCENARIOS for how in ("close", "rst")]
         rng.shuffle(plan)
-        p = h.Proxy(["--resolver", self.dns.addr, "--relay", mode, "--user", f"{USER[0]}:{USER[1]}",
-                     "--connect-timeout", str(CONNECT_TIMEOUT), "--bind-timeout", "30"],
+        lo = free_ports(BIND_PORTS)
+        # a BIND left listening would take one of the few ports for good: the next fail
+        p = h.Proxy(["--resolver", self.dns.addr, "--relay", mode,
+                     "--user", f"{USER[0]}:{USER[1]}", "--connect-timeout", str(CONNECT_TIMEOUT),
+                     "--bind-timeout", "30", "--bind-ports", f"{lo}-{lo + BIND_PORTS - 1}"],
                     workers=workers)
         try:
             p.check_idle()
             base = h.socket_count(p.pid)
-            chaos = Chaos(self, p, self.dest, self.hole)
+            chaos = Chaos(self, p, self.dest, self.hole, self.dns, lo)
             for i, (name, how) in enumerate(plan):
                 with self.subTest(scenario=name, how=how, step=i):
                     getattr(chaos, "s_" + name)(how)
