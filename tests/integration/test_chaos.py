@@ -196,8 +196,10 @@ class Chaos:
     def s_connect_in_flight(self, how):
         s = self.client()
         authed(s)
+        before = syn_sent(self.hole.port)
         s.sendall(h.request("127.0.0.1", self.hole.port))
-        time.sleep(0.05)  # the connect is out (no reply can come: its SYNs are dropped)
+        # the connect is out (no reply can come: its SYNs are dropped)
+        h.wait_for(lambda: syn_sent(self.hole.port) - before, END, what="the proxy's SYN")
         abort(s, how)
 
     def s_connect_times_out(self, how):
@@ -321,7 +323,7 @@ class Chaos:
     def s_dest_gone_mid_down(self, how):
         s, d = self.connected()
         fill(d)
-        time.sleep(0.02)
+        wait_unread(s)  # bytes on their way
         abort(d, how)
         with s:
             got = ended(s)
@@ -509,6 +511,14 @@ def peer_from(source, r):
     p.bind((source, 0))
     p.connect((r.host, r.port))
     return p
+
+
+def syn_sent(port):
+    """The local addresses of the connections to 127.0.0.1:port still waiting for their SYN's
+    answer."""
+    want = f"0100007F:{port:04X}"
+    with open("/proc/net/tcp") as f:
+        return {x[1] for x in map(str.split, f) if x[2] == want and x[3] == "02"}
 
 
 def listening(port):
