@@ -35,8 +35,10 @@ enum conn_op {
 
 	/* BIND (bind.c) and UDP ASSOCIATE (udp.c) */
 	OP_BIND_ACCEPT, /* BIND: accept on the slot's listening socket */
-	OP_WATCH_C,     /* BIND wait / UDP association: POLLRDHUP on the client (one-shot) */
-	OP_WATCH_T,     /* UDP association via an upstream: POLLRDHUP on its control connection */
+	OP_WATCH_C,     /* BIND wait / UDP association: POLLRDHUP on the client (one-shot); relay:
+	                 * a reset of the client after its EOF */
+	OP_WATCH_T,     /* UDP association via an upstream: POLLRDHUP on its control connection;
+	                 * relay: a reset of the target after its EOF */
 	OP_UDP_RECV_C,  /* UDP: multishot recvmsg on the client-facing socket */
 	OP_UDP_RECV_4,  /* UDP: multishot recvmsg on the IPv4 socket toward destinations */
 	OP_UDP_RECV_6,  /* UDP: multishot recvmsg on the IPv6 socket toward destinations */

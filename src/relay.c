@@ -523,6 +523,26 @@ static int hard_error(int err)
 	return err != EAGAIN && err != EINTR;
 }
 
+/* Direction d's source has said EOF and is read no more: watch it for a reset (handle_cqe
+ * aborts the relay). Nothing else would see one while the other direction has nothing to
+ * send to it: the relay and its sockets stayed for as long as that direction stayed silent,
+ * and its other end never learnt that the connection was gone. */
+static void watch_src(struct worker *w, struct conn *c, int d)
+{
+	enum conn_op op = d == DIR_UP ? OP_WATCH_C : OP_WATCH_T;
+	struct io_uring_sqe *sqe;
+
+	if (c->pending & CONN_OP_BIT(op))
+		return; /* BIND's watch of the client, cancelled as its relay began, still ends */
+	sqe = worker_sqe(w);
+	/* After the peer's FIN only a reset (or an error) makes either of these true. io_uring
+	 * reports POLLRDHUP whatever the mask, and that is true from the start: a one-shot poll
+	 * would end at once. A multishot one reports it and then only the wakeups that follow
+	 * (a reset's), not the room its sends make (POLLOUT). */
+	io_uring_prep_poll_multishot(sqe, src_fd(c, d), POLLERR | POLLHUP);
+	sqe->user_data = worker_op(w, c, op);
+}
+
 /* Source reached EOF and everything read was delivered: propagate the half-close.
  * Returns -1 when that finished the connection. */
 static int finish_dir(struct worker *w, struct conn *c, int d)
@@ -539,6 +559,7 @@ static int finish_dir(struct worker *w, struct conn *c, int d)
 		return -1;
 	}
 	shutdown(dst_fd(c, d), SHUT_WR); /* the other direction keeps flowing */
+	watch_src(w, c, d);
 	return 0;
 }
 

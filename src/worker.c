@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
@@ -444,6 +445,14 @@ static void hs_send(struct worker *w, struct conn *c)
 
 static void after_tx(struct worker *w, struct conn *c);
 
+/* The client's connection broke (a reset, as a rule) before what we had for it was out. A
+ * destination may already hold the data the client sent after its request: a reset tells it
+ * the stream was cut, where a plain close (a FIN after that data) made it look whole. */
+static void tx_failed(struct worker *w, struct conn *c)
+{
+	worker_conn_abort(w, c, "client error during handshake");
+}
+
 /* Send what tx holds. Handshake messages are small and the socket's buffer is empty, so a
  * plain non-blocking send(2) takes them whole and the next step starts in the same loop turn;
  * only if the kernel cannot take it all does a SEND SQE finish the job. Then after_tx. */
@@ -460,7 +469,7 @@ static void tx_flush(struct worker *w, struct conn *c)
 			hs_send(w, c);
 			return;
 		} else if (!(n < 0 && errno == EINTR)) {
-			worker_conn_close(w, c, "client error during handshake");
+			tx_failed(w, c);
 			return;
 		}
 	}
@@ -894,7 +903,7 @@ static void maybe_start_relay(struct worker *w, struct conn *c)
 static void on_send(struct worker *w, struct conn *c, int res)
 {
 	if (res < 0) {
-		worker_conn_close(w, c, "client error during handshake");
+		tx_failed(w, c);
 		return;
 	}
 	c->tx_off = (uint16_t)(c->tx_off + res);
@@ -936,7 +945,8 @@ static void on_send_target(struct worker *w, struct conn *c, int res)
 	if (c->tfd < 0)
 		return; /* a send of the upstream handshake that ended after the attempt failed */
 	if (res < 0) {
-		worker_conn_close(w, c, "target error");
+		/* the client may have its success reply already: not a whole (empty) stream */
+		worker_conn_abort(w, c, "target error");
 		return;
 	}
 	c->dir[DIR_UP].bytes += (uint64_t)res;
@@ -1111,6 +1121,10 @@ static void handle_cqe(struct worker *w, struct io_uring_cqe *cqe)
 		if (cqe->res != -ECANCELED && (c->state == CONN_BIND_WAIT || c->state == CONN_UDP))
 			worker_conn_close(w, c,
 			                  op == OP_WATCH_C ? "client closed" : "upstream closed");
+		/* relay: a side that had sent its EOF was reset (relay.c, watch_src); anything
+		 * else (the POLLRDHUP of its FIN; a BIND wait's watch ending late) means nothing */
+		else if (c->state == CONN_RELAY && cqe->res > 0 && (cqe->res & (POLLERR | POLLHUP)))
+			worker_conn_abort(w, c, op == OP_WATCH_C ? "client reset" : "target reset");
 		break;
 	default:
 		break;
