@@ -105,8 +105,9 @@ enum timer_kind {
 	TIMER_HANDSHAKE,
 	TIMER_CONNECT,
 	TIMER_LINGER,
-	TIMER_BIND,     /* --bind-timeout */
-	TIMER_UDP_IDLE, /* --udp-idle-timeout */
+	TIMER_BIND,        /* --bind-timeout */
+	TIMER_UDP_IDLE,    /* --udp-idle-timeout */
+	TIMER_HALF_CLOSED, /* relay: one direction finished a while ago (relay_watch_finished) */
 	TIMER__COUNT
 };
 

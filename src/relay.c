@@ -559,8 +559,17 @@ static int finish_dir(struct worker *w, struct conn *c, int d)
 		return -1;
 	}
 	shutdown(dst_fd(c, d), SHUT_WR); /* the other direction keeps flowing */
-	watch_src(w, c, d);
+	/* Most half-closed relays end within a round trip (a request, then its answer and
+	 * the other EOF): the watch starts only if this one lasts (relay_watch_finished) */
+	conn_timer_set(&w->conns, c, TIMER_HALF_CLOSED, w->now_ms);
 	return 0;
+}
+
+void relay_watch_finished(struct worker *w, struct conn *c)
+{
+	for (int d = 0; d < 2; d++)
+		if (c->dir[d].flags & DIR_SHUT)
+			watch_src(w, c, d);
 }
 
 /* ---- a splicing direction without a pipe: copied through chunks ---- */

@@ -99,6 +99,8 @@ void relay_resume(struct worker *w, struct conn *c, int dir);
 void relay_drop_buffer(struct worker *w, unsigned cqe_flags);
 /* Once a second or more often: spare chunks not needed for a second are given back. */
 void relay_tick(struct worker *w);
+/* A relay half-closed for TIMER_HALF_CLOSED: watch its finished side for a reset. */
+void relay_watch_finished(struct worker *w, struct conn *c);
 /* Give back the pipes and buffers of a connection with nothing in flight any more. */
 void relay_release(struct worker *w, struct conn *c);
 

@@ -38,6 +38,7 @@
 /* io-wq threads a worker's ring may start (bounded, unbounded work); see ring_setup */
 #define RING_IOWQ_MAX   1
 #define LINGER_MS       2000 /* how long a refused client may take to close */
+#define HALF_CLOSED_MS  1000 /* a relay half-closed this long watches its finished side */
 #define CONNECT_STEP_MS 2000 /* at most this long for one of several addresses */
 #define ACCEPT_RETRY_MS 100  /* pause after EMFILE and friends */
 #define MAX_WAIT_MS     1000
@@ -999,6 +1000,9 @@ static void on_timeout(struct worker *w, struct conn *c)
 	case CONN_UDP:
 		worker_conn_close(w, c, "idle");
 		break;
+	case CONN_RELAY:
+		relay_watch_finished(w, c); /* TIMER_HALF_CLOSED */
+		break;
 	default:
 		worker_conn_close(w, c, NULL);
 		break;
@@ -1243,6 +1247,7 @@ static int worker_setup(struct worker *w)
 	w->conns.timers[TIMER_CONNECT].timeout_ms =
 	    (uint64_t)(w->cfg->connect_timeout * 1000 + 0.5);
 	w->conns.timers[TIMER_LINGER].timeout_ms = LINGER_MS;
+	w->conns.timers[TIMER_HALF_CLOSED].timeout_ms = HALF_CLOSED_MS;
 	w->conns.timers[TIMER_BIND].timeout_ms = (uint64_t)(w->cfg->bind_timeout * 1000 + 0.5);
 	w->conns.timers[TIMER_UDP_IDLE].timeout_ms =
 	    (uint64_t)(w->cfg->udp_idle_timeout * 1000 + 0.5);
