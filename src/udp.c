@@ -1231,7 +1231,12 @@ void udp_local_event(struct worker *w, uint32_t i, int res, unsigned flags)
 				u->local_starved |= 1u << i;
 			}
 		} else if (res != -ECANCELED) {
-			log_err("tunnel -U: receiving on port %u stopped: %s", i + 1,
+			struct socks5_addr a;
+			char text[64] = "?";
+			if (socks5_addr_from_sockaddr(
+			        &a, (const struct sockaddr *)&w->cfg->udp_listen[i]) == 0)
+				socks5_addr_str(&a, text, sizeof(text));
+			log_err("tunnel -U: worker %d stopped receiving on %s/udp: %s", w->id, text,
 			        strerror(-res));
 		}
 		return;
