@@ -375,11 +375,14 @@ static void log_session(struct worker *w, struct conn *c, const char *why)
 	else if (c->hs.state == SOCKS5_SRV_DONE)
 		socks5_addr_str(&c->hs.req.dst, dst, sizeof(dst));
 	udp_log_counters(w, c, udp, sizeof(udp));
-	log_msg("info", "session client=%s dst=%s%s%s result=%s%s%s up=%llu down=%llu ms=%llu%s",
+	/* a reply still on its way out when the session ended never reached the client (the
+	 * counters call it failed) */
+	log_msg("info", "session client=%s dst=%s%s%s result=%s%s%s%s up=%llu down=%llu ms=%llu%s",
 	        client, dst, c->via != VIA_DIRECT ? " via=" : "",
 	        c->via != VIA_DIRECT ? w->cfg->upstreams[c->up_i].text : "",
-	        c->result == 0xFF ? "no-reply" : socks5_reply_str(c->result), why ? " reason=" : "",
-	        why ? why : "", (unsigned long long)c->dir[DIR_UP].bytes,
+	        c->result == 0xFF ? "no-reply" : socks5_reply_str(c->result),
+	        c->result != 0xFF && c->state == CONN_REPLYING ? " (not delivered)" : "",
+	        why ? " reason=" : "", why ? why : "", (unsigned long long)c->dir[DIR_UP].bytes,
 	        (unsigned long long)c->dir[DIR_DOWN].bytes,
 	        (unsigned long long)(w->now_ms - c->start_ms), udp);
 }

@@ -16,6 +16,7 @@ import fcntl
 import itertools
 import os
 import random
+import re
 import select
 import socket
 import struct
@@ -213,9 +214,11 @@ class Chaos:
     def s_early_data_then_gone_while_resolving(self, how):
         # data pipelined after the request, then the client goes before the name resolves:
         # a destination that gets the data must not see it end as a whole stream would
+        name = f"e{next(NAMES)}.{SLOW_NAME}"  # a name no cache holds: it answers late
+        self.dns.add(name, a=["127.0.0.1"], delay=SLOW_DNS)
         s = self.client()
         authed(s)
-        s.sendall(h.request(SLOW_NAME, self.dest.port) + b"early")
+        s.sendall(h.request(name, self.dest.port) + b"early")
         abort(s, how)
         r, _, _ = select.select([self.dest.sock], [], [], SLOW_DNS + CONNECT_TIMEOUT + 1 * h.SLOW)
         if not r:
@@ -227,6 +230,15 @@ class Chaos:
             # the closed socket refuses the reply)
             if how == "rst":
                 self.tc.assertEqual(got, "reset", "the client's reset reaches the destination")
+                # -v: the success reply never reached the client, and the line says so
+                line = rf"dst={re.escape(name)}:{self.dest.port} result=succeeded " \
+                       r"\(not delivered\) reason=client error during handshake"
+                try:
+                    h.wait_for(lambda: re.search(line, self.proxy.stderr()), 5 * h.SLOW,
+                               what=f"a session line matching {line!r}")
+                except AssertionError as e:
+                    seen = [x for x in self.proxy.stderr_lines() if name in x]
+                    raise AssertionError(f"{e}; lines naming it: {seen}") from None
 
     def s_just_after_reply(self, how):
         s, d = self.connected()
