@@ -636,30 +636,31 @@ static int out_socket(struct worker *w, struct conn *c, struct udp_assoc *a, int
 	return fd;
 }
 
-/* An answer on a wildcard tunnel -U port leaves from where its sender sent to. */
-static void set_source(struct udp_tx *tx, const struct udp_assoc *a)
+/* tx's one control message: level, type and len bytes of data */
+static void set_cmsg(struct udp_tx *tx, int level, int type, const void *data, size_t len)
 {
 	struct cmsghdr *cm;
 
 	memset(&tx->ctl, 0, sizeof(tx->ctl));
 	tx->mh.msg_control = tx->ctl.buf;
+	tx->mh.msg_controllen = CMSG_SPACE(len);
+	cm = CMSG_FIRSTHDR(&tx->mh);
+	cm->cmsg_level = level;
+	cm->cmsg_type = type;
+	cm->cmsg_len = CMSG_LEN(len);
+	memcpy(CMSG_DATA(cm), data, len);
+}
+
+/* An answer on a wildcard tunnel -U port leaves from where its sender sent to. */
+static void set_source(struct udp_tx *tx, const struct udp_assoc *a)
+{
 	if (a->client.sin6_family == AF_INET) {
 		struct in_pktinfo pi = {0};
 		memcpy(&pi.ipi_spec_dst, &a->local, 4);
-		tx->mh.msg_controllen = CMSG_SPACE(sizeof(pi));
-		cm = CMSG_FIRSTHDR(&tx->mh);
-		cm->cmsg_level = IPPROTO_IP;
-		cm->cmsg_type = IP_PKTINFO;
-		cm->cmsg_len = CMSG_LEN(sizeof(pi));
-		memcpy(CMSG_DATA(cm), &pi, sizeof(pi));
+		set_cmsg(tx, IPPROTO_IP, IP_PKTINFO, &pi, sizeof(pi));
 	} else {
 		struct in6_pktinfo pi = {.ipi6_addr = a->local, .ipi6_ifindex = a->local_if};
-		tx->mh.msg_controllen = CMSG_SPACE(sizeof(pi));
-		cm = CMSG_FIRSTHDR(&tx->mh);
-		cm->cmsg_level = IPPROTO_IPV6;
-		cm->cmsg_type = IPV6_PKTINFO;
-		cm->cmsg_len = CMSG_LEN(sizeof(pi));
-		memcpy(CMSG_DATA(cm), &pi, sizeof(pi));
+		set_cmsg(tx, IPPROTO_IPV6, IPV6_PKTINFO, &pi, sizeof(pi));
 	}
 }
 

@@ -117,6 +117,24 @@ def unused_port(host="127.0.0.1"):
     raise RuntimeError("no free port")
 
 
+def run_clients(client, n, timeout):
+    """Run client(i) for i in range(n), each in a thread of its own, and join each within
+    timeout; returns the errors raised, as "i: error" strings (empty when all went well)."""
+    errors = []
+
+    def one(i):
+        try:
+            client(i)
+        except BaseException as e:  # noqa: BLE001
+            errors.append(f"{i}: {e!r}")
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    return errors
+
+
 def wait_for(pred, timeout, interval=0.02, what="condition"):
     deadline = time.monotonic() + timeout
     while True:

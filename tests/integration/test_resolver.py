@@ -329,18 +329,7 @@ class MisbehavingResolverTest(unittest.TestCase):
             self.assertEqual(self.dns.count("late.test"), 1, "the late answer was not cached")
 
     def test_many_names_in_flight(self):
-        errors = []
-
-        def client(i):
-            try:
-                self.assert_ok(f"many{i}.test")
-            except BaseException as e:  # noqa: BLE001
-                errors.append(f"{i}: {e!r}")
-        threads = [threading.Thread(target=client, args=(i,)) for i in range(100)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(30 * h.SLOW)
+        errors = h.run_clients(lambda i: self.assert_ok(f"many{i}.test"), 100, 30 * h.SLOW)
         self.assertEqual(errors, [])
 
 

@@ -9,7 +9,6 @@ import os
 import socket
 import struct
 import sys
-import threading
 import time
 import unittest
 
@@ -64,6 +63,19 @@ class MisbehavingUpstreamTest(c.FreshProcsMixin, unittest.TestCase):
                         workers=workers)
         self.procs.append(p)
         return p
+
+    def expect_all_failed(self, fwd, host, in_time=True):
+        """A client asking for host:80 gets the method reply, then reply 1 and a close (with
+        in_time, before --connect-timeout)."""
+        with h.open_client(fwd) as s:
+            t0 = time.monotonic()
+            s.sendall(h.greeting() + h.request(host, 80))
+            self.assertEqual(h.recv_exact(s, 2).hex(), "0500")
+            data, _ = h.read_to_close(s, timeout=5 * h.SLOW)
+            self.assertEqual(data.hex(), ALL_FAILED.hex())
+            elapsed = time.monotonic() - t0
+        if in_time:
+            self.assertLess(elapsed, TIMEOUT, "the failure was not noticed before the timeout")
 
     def finish(self, fwd, *servers):
         for srv in servers:
@@ -184,11 +196,7 @@ class MisbehavingUpstreamTest(c.FreshProcsMixin, unittest.TestCase):
                 pass
         srv = self.scripted(handler)
         fwd = self.fwd([srv.url])
-        with h.open_client(fwd) as s:
-            s.sendall(h.greeting() + h.request("192.0.2.23", 80))
-            self.assertEqual(h.recv_exact(s, 2).hex(), "0500")
-            data, _ = h.read_to_close(s, timeout=5 * h.SLOW)
-            self.assertEqual(data.hex(), ALL_FAILED.hex())
+        self.expect_all_failed(fwd, "192.0.2.23", in_time=False)
         srv.wait_done()
         c.wait_log(fwd, rf"upstream 127\.0\.0\.1:{srv.port}: sent a malformed handshake")
         self.finish(fwd, srv)
@@ -216,14 +224,7 @@ class MisbehavingUpstreamTest(c.FreshProcsMixin, unittest.TestCase):
                 with self.subTest(step=step, how=how):
                     bad = self.scripted(upto(step, how))
                     fwd = self.fwd([bad.url])
-                    with h.open_client(fwd) as s:
-                        t0 = time.monotonic()
-                        s.sendall(h.greeting() + h.request("192.0.2.24", 80))
-                        self.assertEqual(h.recv_exact(s, 2).hex(), "0500")
-                        data, _ = h.read_to_close(s, timeout=5 * h.SLOW)
-                        self.assertEqual(data.hex(), ALL_FAILED.hex())
-                        self.assertLess(time.monotonic() - t0, TIMEOUT,
-                                        "the close was not noticed before the timeout")
+                    self.expect_all_failed(fwd, "192.0.2.24")
                     bad.wait_done()
                     self.finish(fwd, bad)
 
@@ -259,13 +260,7 @@ class MisbehavingUpstreamTest(c.FreshProcsMixin, unittest.TestCase):
                 pass
         picks = self.scripted(handler)
         fwd = self.fwd([wants.url(), picks.url])
-        with h.open_client(fwd) as s:
-            t0 = time.monotonic()
-            s.sendall(h.greeting() + h.request("192.0.2.27", 80))
-            self.assertEqual(h.recv_exact(s, 2).hex(), "0500")
-            data, _ = h.read_to_close(s, timeout=5 * h.SLOW)
-            self.assertEqual(data.hex(), ALL_FAILED.hex())
-            self.assertLess(time.monotonic() - t0, TIMEOUT)
+        self.expect_all_failed(fwd, "192.0.2.27")
         c.wait_log(fwd, rf"upstream 127\.0\.0\.1:{wants.port}: accepts none of our auth")
         c.wait_log(fwd, rf"upstream 127\.0\.0\.1:{picks.port}: sent a malformed handshake")
         picks.wait_done()
@@ -280,23 +275,13 @@ class MisbehavingUpstreamTest(c.FreshProcsMixin, unittest.TestCase):
         garbage = self.keep(c.FakeUpstream(garbage=b"\x05\x00\x05\x01\x00\x09"))
         good = self.keep(c.FakeUpstream())
         fwd = self.fwd([closed.url(), garbage.url(), good.url()], workers=2)
-        errors = []
-
         def client(i):
-            try:
-                s, r = h.socks_connect(fwd, "192.0.2.28", 1000 + i)
-                with s:
-                    msg = os.urandom(1000 + i)
-                    if r.raw != SUCCESS or h.echo_roundtrip(s, msg) != msg:
-                        errors.append(f"{i}: {r}")
-            except BaseException as e:  # noqa: BLE001
-                errors.append(f"{i}: {e!r}")
-        threads = [threading.Thread(target=client, args=(i,)) for i in range(60)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(30 * h.SLOW)
-        self.assertEqual(errors, [])
+            s, r = h.socks_connect(fwd, "192.0.2.28", 1000 + i)
+            with s:
+                msg = os.urandom(1000 + i)
+                if r.raw != SUCCESS or h.echo_roundtrip(s, msg) != msg:
+                    raise AssertionError(f"{r}")
+        self.assertEqual(h.run_clients(client, 60, 30 * h.SLOW), [])
         h.wait_for(lambda: len(good.requests()) == 60, 5 * h.SLOW, what="60 requests")
         self.finish(fwd)
 
