@@ -1132,6 +1132,12 @@ static void handle_cqe(struct worker *w, struct io_uring_cqe *cqe)
 		 * else (the POLLRDHUP of its FIN; a BIND wait's watch ending late) means nothing */
 		else if (c->state == CONN_RELAY && cqe->res > 0 && (cqe->res & (POLLERR | POLLHUP)))
 			worker_conn_abort(w, c, op == OP_WATCH_C ? "client reset" : "target reset");
+		/* the kernel ended the watch (a full completion queue ends multishot requests):
+		 * watched again a second later, never at once, so an ending that repeats cannot
+		 * spin */
+		else if (c->state == CONN_RELAY && cqe->res != -ECANCELED &&
+		         !(cqe->flags & IORING_CQE_F_MORE) && c->timer == TIMER_NONE)
+			conn_timer_set(&w->conns, c, TIMER_HALF_CLOSED, w->now_ms);
 		break;
 	default:
 		break;
