@@ -36,6 +36,14 @@ def all_fd_count(pid):
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def udp_sender():
+    """A UDP socket of a local sender (tunnel -U's client): bound on 127.0.0.1, 5 s timeout."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    s.settimeout(5 * h.SLOW)
+    return s
+
+
 class UdpEcho:
     """Echoes every datagram to its sender, on 127.0.0.1 and ::1 (same port number). .got lists
     (sender, data) of everything received."""
@@ -758,11 +766,7 @@ class UdpThroughUpstreamsTest(unittest.TestCase):
                    what=f"sockets back to {before}")
 
     def check_tunnel(self, t):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s1, \
-                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s2:
-            for s in (s1, s2):
-                s.bind(("127.0.0.1", 0))
-                s.settimeout(5 * h.SLOW)
+        with udp_sender() as s1, udp_sender() as s2:
             # the first datagrams wait while the association is set up
             s1.sendto(b"first from s1", t.addr)
             s2.sendto(b"first from s2", t.addr)
@@ -782,9 +786,7 @@ class UdpThroughUpstreamsTest(unittest.TestCase):
         self.check_tunnel(self.t_dante)
 
     def test_tunnel_u_session_ends_when_idle_and_comes_back(self):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.bind(("127.0.0.1", 0))
-            s.settimeout(5 * h.SLOW)
+        with udp_sender() as s:
             s.sendto(b"one", self.t_idle.addr)
             self.assertEqual(s.recv(100), b"one")
             sender = rf"client=127\.0\.0\.1:{s.getsockname()[1]} "
@@ -802,11 +804,7 @@ class UdpThroughUpstreamsTest(unittest.TestCase):
         used to go unsaid (a TCP client refused so is warned of), so tunnel -U looked
         broken. Once the first sender's session ends, the second one gets its own."""
         t = self.t_max
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s1, \
-                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s2:
-            for s in (s1, s2):
-                s.bind(("127.0.0.1", 0))
-                s.settimeout(5 * h.SLOW)
+        with udp_sender() as s1, udp_sender() as s2:
             s1.sendto(b"first", t.addr)
             self.assertEqual(s1.recv(100), b"first")
             s2.sendto(b"second", t.addr)
@@ -879,9 +877,7 @@ class UdpMappedRelayTest(unittest.TestCase):
     def test_tunnel_u(self):
         t = UdpTunnel(("192.0.2.1", 7), self.fake.url())
         self.procs.append(t)
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.bind(("127.0.0.1", 0))
-            s.settimeout(5 * h.SLOW)
+        with udp_sender() as s:
             s.sendto(b"ping", t.addr)
             self.answer(udp_header("192.0.2.1", 7) + b"ping",
                         udp_header("192.0.2.1", 7) + b"pong")
