@@ -81,11 +81,11 @@ struct conn *conn_lookup(struct conn_table *t, uint64_t ud)
 	return c;
 }
 
-void conn_timer_clear(struct conn_table *t, struct conn *c)
+/* Off its timer list; the step list is left as it is. */
+static void timer_unlink(struct conn_table *t, struct conn *c)
 {
 	struct timer_list *l;
 
-	conn_step_clear(t, c); /* the step is part of the connect deadline */
 	if (c->timer == TIMER_NONE)
 		return;
 	l = &t->timers[c->timer];
@@ -101,12 +101,18 @@ void conn_timer_clear(struct conn_table *t, struct conn *c)
 	c->timer = TIMER_NONE;
 }
 
-void conn_timer_set(struct conn_table *t, struct conn *c, enum timer_kind k, uint64_t now_ms)
+void conn_timer_clear(struct conn_table *t, struct conn *c)
+{
+	conn_step_clear(t, c); /* the step is part of the connect deadline */
+	timer_unlink(t, c);
+}
+
+void conn_timer_move(struct conn_table *t, struct conn *c, enum timer_kind k, uint64_t now_ms)
 {
 	struct timer_list *l = &t->timers[k];
 	uint32_t idx = conn_index(t, c);
 
-	conn_timer_clear(t, c);
+	timer_unlink(t, c);
 	c->timer = (uint8_t)k;
 	c->deadline_ms = now_ms + l->timeout_ms;
 	c->tnext = CONN_NIL;
@@ -116,6 +122,12 @@ void conn_timer_set(struct conn_table *t, struct conn *c, enum timer_kind k, uin
 	else
 		l->head = idx;
 	l->tail = idx;
+}
+
+void conn_timer_set(struct conn_table *t, struct conn *c, enum timer_kind k, uint64_t now_ms)
+{
+	conn_step_clear(t, c);
+	conn_timer_move(t, c, k, now_ms);
 }
 
 void conn_step_clear(struct conn_table *t, struct conn *c)

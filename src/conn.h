@@ -108,6 +108,10 @@ enum timer_kind {
 	TIMER_BIND,        /* --bind-timeout */
 	TIMER_UDP_IDLE,    /* --udp-idle-timeout */
 	TIMER_HALF_CLOSED, /* relay: one direction finished a while ago (relay_watch_finished) */
+	/* --connect-timeout in two parts: the connect phase's first CONNECT_WATCH_MS, after
+	 * which the client is watched for a reset (worker_connect_deadline), then the rest */
+	TIMER_CONNECT_WATCH,
+	TIMER_CONNECT_REST,
 	TIMER__COUNT
 };
 
@@ -217,6 +221,8 @@ struct conn *conn_lookup(struct conn_table *t, uint64_t ud);
 
 /* Deadline lists: every list has one timeout, so appending keeps it sorted. */
 void conn_timer_set(struct conn_table *t, struct conn *c, enum timer_kind k, uint64_t now_ms);
+/* Onto list k as conn_timer_set, but a connect step stays as it is. */
+void conn_timer_move(struct conn_table *t, struct conn *c, enum timer_kind k, uint64_t now_ms);
 /* Off its list, and off the step list. */
 void conn_timer_clear(struct conn_table *t, struct conn *c);
 /* A connect step: c is on the step list (now + step.timeout_ms) as well as on its timer's. */

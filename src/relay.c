@@ -530,17 +530,13 @@ static int hard_error(int err)
 static void watch_src(struct worker *w, struct conn *c, int d)
 {
 	enum conn_op op = d == DIR_UP ? OP_WATCH_C : OP_WATCH_T;
-	struct io_uring_sqe *sqe;
 
+	/* BIND's watch of the client, or the connect phase's (worker.c, connect_watch),
+	 * cancelled as the relay began, may not have ended yet */
 	if (c->pending & CONN_OP_BIT(op))
-		return; /* BIND's watch of the client, cancelled as its relay began, still ends */
-	sqe = worker_sqe(w);
-	/* After the peer's FIN only a reset (or an error) makes either of these true. io_uring
-	 * reports POLLRDHUP whatever the mask, and that is true from the start: a one-shot poll
-	 * would end at once. A multishot one reports it and then only the wakeups that follow
-	 * (a reset's), not the room its sends make (POLLOUT). */
-	io_uring_prep_poll_multishot(sqe, src_fd(c, d), POLLERR | POLLHUP);
-	sqe->user_data = worker_op(w, c, op);
+		return;
+	/* after the peer's FIN only a reset (or an error) makes POLLERR or POLLHUP true */
+	worker_watch_reset(w, c, src_fd(c, d), op);
 }
 
 /* Source reached EOF and everything read was delivered: propagate the half-close.

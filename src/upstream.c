@@ -68,7 +68,7 @@ static void attempt(struct worker *w, struct conn *c)
 	uphs(w, c)->tried |= (uint16_t)(1u << c->up_i);
 	c->up_tries++;
 	u = &w->cfg->upstreams[c->up_i];
-	conn_timer_set(&w->conns, c, TIMER_CONNECT, w->now_ms);
+	worker_connect_deadline(w, c);
 	c->addr_i = 0;
 	c->last_err = EHOSTUNREACH;
 	if (u->addr.atyp == SOCKS5_ATYP_DOMAIN) {

@@ -36,12 +36,13 @@
 #define RING_ENTRIES    4096
 #define RING_CQ_ENTRIES 65536
 /* io-wq threads a worker's ring may start (bounded, unbounded work); see ring_setup */
-#define RING_IOWQ_MAX   1
-#define LINGER_MS       2000 /* how long a refused client may take to close */
-#define HALF_CLOSED_MS  1000 /* a relay half-closed this long watches its finished side */
-#define CONNECT_STEP_MS 2000 /* at most this long for one of several addresses */
-#define ACCEPT_RETRY_MS 100  /* pause after EMFILE and friends */
-#define MAX_WAIT_MS     1000
+#define RING_IOWQ_MAX    1
+#define LINGER_MS        2000 /* how long a refused client may take to close */
+#define HALF_CLOSED_MS   1000 /* a relay half-closed this long watches its finished side */
+#define CONNECT_STEP_MS  2000 /* at most this long for one of several addresses */
+#define CONNECT_WATCH_MS 1000 /* a connect phase this long watches its client (connect_watch) */
+#define ACCEPT_RETRY_MS  100  /* pause after EMFILE and friends */
+#define MAX_WAIT_MS      1000
 
 #define FD_RESERVE 32 /* descriptors not for connections: ring, listeners, resolver... */
 
@@ -647,6 +648,9 @@ static void on_connect(struct worker *w, struct conn *c, int res)
 void worker_reply_and_relay(struct worker *w, struct conn *c, const uint8_t *buf, size_t len)
 {
 	conn_timer_clear(&w->conns, c);
+	/* the connect phase's watch (connect_watch): the relay watches the client its own way */
+	if (c->pending & CONN_OP_BIT(OP_WATCH_C))
+		worker_cancel_ops(w, c, CONN_OP_BIT(OP_WATCH_C));
 	c->state = CONN_REPLYING;
 	c->tx_base = buf;
 	c->tx_len = (uint16_t)len;
@@ -688,6 +692,16 @@ void worker_close_fd(struct worker *w, int *fd)
 	io_uring_prep_close(sqe, *fd);
 	sqe->user_data = conn_ud(OP_IGNORE, 0, 0);
 	*fd = -1;
+}
+
+void worker_watch_reset(struct worker *w, struct conn *c, int fd, enum conn_op op)
+{
+	struct io_uring_sqe *sqe = worker_sqe(w);
+	/* io_uring reports POLLRDHUP whatever the mask, and after the peer's FIN that is true
+	 * from the start: a one-shot poll would end at once. A multishot one reports it and
+	 * then only the wakeups that follow (a reset's), not the room sends make (POLLOUT). */
+	io_uring_prep_poll_multishot(sqe, fd, POLLERR | POLLHUP);
+	sqe->user_data = worker_op(w, c, op);
 }
 
 void worker_cancel_ops(struct worker *w, struct conn *c, uint32_t mask)
@@ -778,7 +792,7 @@ static void start_request(struct worker *w, struct conn *c)
 		conn_fail(w, c, SOCKS5_REP_CMD_NOT_SUPPORTED, NULL);
 		return;
 	}
-	conn_timer_set(&w->conns, c, TIMER_CONNECT, w->now_ms);
+	worker_connect_deadline(w, c);
 	c->addr_i = 0;
 	c->last_err = EHOSTUNREACH;
 	if (req->dst.atyp == SOCKS5_ATYP_DOMAIN) {
@@ -978,8 +992,41 @@ static void on_step(struct worker *w, struct conn *c)
 	worker_cancel_ops(w, c, CONN_OP_BIT(OP_CONNECT));
 }
 
+static int connecting(const struct conn *c)
+{
+	return c->state == CONN_RESOLVING || c->state == CONN_CONNECTING ||
+	       c->state == CONN_CONNECT_NEXT || c->state == CONN_UP_HANDSHAKE ||
+	       c->state == CONN_UP_RETRY;
+}
+
+void worker_connect_deadline(struct worker *w, struct conn *c)
+{
+	conn_timer_set(&w->conns, c,
+	               w->conns.timers[TIMER_CONNECT_REST].timeout_ms ? TIMER_CONNECT_WATCH
+	                                                              : TIMER_CONNECT,
+	               w->now_ms);
+}
+
+/* The connect phase has lasted CONNECT_WATCH_MS (a slow name, a destination that drops our
+ * SYNs, an upstream that does not answer): watch the client from now on. Nothing else reads
+ * it meanwhile, so a client that reset kept its slot and the connect going until
+ * --connect-timeout, and the forwarder even sent its request on to the next upstream.
+ * Most connects end well within that time and never arm it. A UDP ASSOCIATE's control
+ * connection gets its own watch once the upstream has answered (udp.c). */
+static void connect_watch(struct worker *w, struct conn *c)
+{
+	conn_timer_move(&w->conns, c, TIMER_CONNECT_REST, w->now_ms); /* a step stays */
+	if (connecting(c) && c->cfd >= 0 && c->hs.req.cmd != SOCKS5_CMD_UDP_ASSOCIATE &&
+	    !(c->pending & CONN_OP_BIT(OP_WATCH_C)))
+		worker_watch_reset(w, c, c->cfd, OP_WATCH_C);
+}
+
 static void on_timeout(struct worker *w, struct conn *c)
 {
+	if (c->timer == TIMER_CONNECT_WATCH) {
+		connect_watch(w, c);
+		return;
+	}
 	conn_timer_clear(&w->conns, c);
 	switch (c->state) {
 	case CONN_HANDSHAKE:
@@ -1084,6 +1131,13 @@ static void handle_cqe(struct worker *w, struct io_uring_cqe *cqe)
 		if (cqe->flags & IORING_CQE_F_MORE)
 			worker_cancel_ops(w, c, CONN_OP_BIT(op));
 		conn_free_if_idle(w, c);
+		return;
+	}
+	if (op == OP_WATCH_C && connecting(c)) {
+		/* connect_watch's: a reset (not the POLLRDHUP of a client that half-closed after
+		 * its request, which still wants the answer) ends the attempt at once */
+		if (cqe->res > 0 && (cqe->res & (POLLERR | POLLHUP)))
+			worker_conn_abort(w, c, "client reset while connecting");
 		return;
 	}
 	if (c->state == CONN_UP_RETRY) {
@@ -1257,6 +1311,10 @@ static int worker_setup(struct worker *w)
 	    (uint64_t)(w->cfg->connect_timeout * 1000 + 0.5);
 	w->conns.timers[TIMER_LINGER].timeout_ms = LINGER_MS;
 	w->conns.timers[TIMER_HALF_CLOSED].timeout_ms = HALF_CLOSED_MS;
+	w->conns.timers[TIMER_CONNECT_WATCH].timeout_ms = CONNECT_WATCH_MS;
+	if (w->conns.timers[TIMER_CONNECT].timeout_ms > CONNECT_WATCH_MS)
+		w->conns.timers[TIMER_CONNECT_REST].timeout_ms =
+		    w->conns.timers[TIMER_CONNECT].timeout_ms - CONNECT_WATCH_MS;
 	w->conns.timers[TIMER_BIND].timeout_ms = (uint64_t)(w->cfg->bind_timeout * 1000 + 0.5);
 	w->conns.timers[TIMER_UDP_IDLE].timeout_ms =
 	    (uint64_t)(w->cfg->udp_idle_timeout * 1000 + 0.5);

@@ -149,6 +149,11 @@ void worker_cancel_ops(struct worker *w, struct conn *c, uint32_t mask);
 void worker_send_reply(struct worker *w, struct conn *c, const uint8_t *buf, size_t len);
 /* Send buf (len may be 0) to the client and early data to the target, then relay. */
 void worker_reply_and_relay(struct worker *w, struct conn *c, const uint8_t *buf, size_t len);
+/* The connect phase starts: --connect-timeout's deadline, with the client watched for a
+ * reset once the phase has lasted a second (worker.c, connect_watch). */
+void worker_connect_deadline(struct worker *w, struct conn *c);
+/* A multishot poll of fd for POLLERR | POLLHUP (a reset), as operation op. */
+void worker_watch_reset(struct worker *w, struct conn *c, int fd, enum conn_op op);
 /* The destination cannot be reached: reply rep (a tunnel client is reset) and close. why, a
  * string literal, is logged (and kept for -v's session line). */
 void worker_conn_give_up(struct worker *w, struct conn *c, uint8_t rep, const char *why);

@@ -1,9 +1,12 @@
 """--handshake-timeout and --connect-timeout: silent and stalled clients are closed after the
 handshake timeout (not before), established relays are not, and a destination that never
-answers the SYN gets a failure reply after the connect timeout."""
+answers the SYN gets a failure reply after the connect timeout. A client that resets while its
+connect is slow is let go within seconds, not at the connect timeout; one that only half-closed
+is still served."""
 
 import os
 import socket
+import struct
 import sys
 import threading
 import time
@@ -140,6 +143,77 @@ class TimeoutTest(h.EchoProxyTestCase):
         finally:
             filler.close()
             bh.close()
+
+
+LONG = 30  # --connect-timeout of ConnectWatchTest: what a client's reset must not wait for
+GONE_WITHIN = 4.0  # the watch starts after a second of connecting (CONNECT_WATCH_MS)
+
+
+def reset_close(s):
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+
+
+@unittest.skipIf(h.PEER, "ringsocks timeouts")
+class ConnectWatchTest(h.EchoProxyTestCase):
+    """Nothing reads a client while its name resolves, its connect is in flight or the
+    upstream proxy has not answered: a client that reset kept its slot (and the connect, and
+    the upstream's connection) until --connect-timeout. Once the connect phase has lasted a
+    second the client is watched, and a reset ends it at once."""
+
+    proxy_args = ["--connect-timeout", str(LONG)]
+
+    def reset_while_connecting(self, proxy, host, port):
+        s = h.open_client(proxy)
+        s.sendall(h.greeting())
+        self.assertEqual(h.recv_exact(s, 2).hex(), "0500")
+        s.sendall(h.request(host, port))
+        time.sleep(0.3)  # the request is in, its connect (or name) is under way
+        t0 = time.monotonic()
+        reset_close(s)
+        c.wait_log(proxy, rf"dst={h.host_literal(host)}:{port}( via=\S+)? result=no-reply"
+                          r" reason=client reset while connecting ", timeout=GONE_WITHIN)
+        proxy.check_idle(timeout=GONE_WITHIN * h.SLOW)
+        return time.monotonic() - t0
+
+    def test_reset_while_connect_in_flight(self):
+        bh = c.NeverAccepts()
+        try:
+            elapsed = self.reset_while_connecting(self.proxy, "127.0.0.1", bh.port)
+        finally:
+            bh.close()
+        print(f"  let go {elapsed:.2f}s after the reset", file=sys.stderr)
+
+    def test_reset_while_name_resolves(self):
+        self.dns.add("slow-to-resolve.test", a=["127.0.0.1"], delay=LONG)
+        self.reset_while_connecting(self.proxy, "slow-to-resolve.test", self.echo.port)
+
+    def test_reset_while_upstream_silent(self):
+        # forwarder: the upstream takes the connection and never answers the greeting
+        up = c.SilentServer()
+        fwd = c.forwarder([h.socks5_url(up.addr)], ["--connect-timeout", str(LONG)], workers=1)
+        try:
+            self.reset_while_connecting(fwd, "127.0.0.1", self.echo.port)
+            # the upstream's connection is closed too, not left until the timeout
+            up.fake.server.wait_done(1, timeout=GONE_WITHIN * h.SLOW)
+            fwd.stop()
+        finally:
+            fwd.kill()
+            up.close()
+
+    def test_half_closed_client_still_served(self):
+        # A client that sends its request and data, then shuts its sending side (a request it
+        # has nothing to add to) is not gone: the watch must not take its FIN for a reset.
+        self.dns.add("resolves-late.test", a=["127.0.0.1"], delay=1.6)
+        with h.open_client(self.proxy) as s:
+            s.sendall(h.greeting())
+            self.assertEqual(h.recv_exact(s, 2).hex(), "0500")
+            s.sendall(h.request("resolves-late.test", self.echo.port) + b"still here")
+            s.shutdown(socket.SHUT_WR)
+            self.assertEqual(h.read_reply(s).rep, h.REP_OK)
+            data, how = h.read_to_close(s, timeout=10 * h.SLOW)
+        self.assertEqual(data, b"still here")
+        self.proxy.check_idle()
 
 
 if __name__ == "__main__":
