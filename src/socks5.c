@@ -862,6 +862,8 @@ int socks5_client_udp_relay(const struct socks5_client *c, const struct sockaddr
 {
 	if (!c || !out || c->cmd != SOCKS5_CMD_UDP_ASSOCIATE || c->state != SOCKS5_CLI_DONE)
 		return -EINVAL;
+	if (c->bnd.port == 0)
+		return -EINVAL; /* nothing can be sent to port 0: every datagram would be lost */
 	switch (c->bnd.atyp) {
 	case SOCKS5_ATYP_IPV4:
 	case SOCKS5_ATYP_IPV6:

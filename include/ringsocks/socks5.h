@@ -246,8 +246,8 @@ int socks5_udp_decode(const uint8_t *in, size_t len, struct socks5_udp_header *h
  * all-zeros BND.ADDR (0.0.0.0 or ::) means the proxy's own address, taken from proxy (the
  * control connection's peer as getpeername gives it: a whole sockaddr_in or sockaddr_in6, whose
  * family and scope id are kept) with BND.PORT. proxy is read only in that case and may
- * otherwise be NULL. Returns 0, -EINVAL (no UDP ASSOCIATE success
- * reply yet or ever, a domain BND the caller must resolve itself, a zero BND with no proxy) or
+ * otherwise be NULL. Returns 0, -EINVAL (no UDP ASSOCIATE success reply yet or ever, a
+ * BND.PORT of 0, a domain BND the caller must resolve itself, a zero BND with no proxy) or
  * -EAFNOSUPPORT (a zero BND and proxy neither IPv4 nor IPv6). *out is written only on success. */
 int socks5_client_udp_relay(const struct socks5_client *c, const struct sockaddr *proxy,
                             struct sockaddr_storage *out, socklen_t *len);

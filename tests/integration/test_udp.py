@@ -884,6 +884,28 @@ class UdpMappedRelayTest(unittest.TestCase):
             self.assertEqual(s.recvfrom(100), (b"pong", t.addr))
 
 
+@h.ringsocks_only
+class UdpRelayPortZeroTest(unittest.TestCase):
+    """An upstream whose UDP ASSOCIATE reply names port 0 as its relay: nothing can be sent
+    there. The association was set up all the same and every datagram was lost; the client
+    now gets reply 1 (general failure) and the log says why."""
+
+    def test_forwarder_refuses(self):
+        fake = c.FakeUpstream(replies=[c.reply_bytes(0, "127.0.0.1", 0)])
+        fwd = h.Proxy(["--upstream", fake.url()])
+        try:
+            with h.open_client(fwd) as s:
+                s.sendall(h.greeting() + h.request("0.0.0.0", 0, cmd=h.CMD_UDP))
+                self.assertEqual(h.recv_exact(s, 2).hex(), "0500")
+                self.assertEqual(h.read_reply(s).rep, h.REP_FAIL)
+            c.wait_log(fwd, r"the upstream's UDP relay address is not usable")
+            fwd.check_idle()
+            fwd.stop()
+        finally:
+            fwd.kill()
+            fake.close()
+
+
 class UdpTunnel(c.Tunnel):
     """`ringsocks tunnel -U BIND:PORT:DEST --via URL` (BIND: 127.0.0.1 unless given); started
     once the UDP port is bound."""

@@ -596,6 +596,21 @@ Test(udp_relay, partly_zero_bnd_is_a_real_address)
 	assert_sin6(&ss, len, "::1", 9, 0);
 }
 
+Test(udp_relay, port_zero_fails)
+{
+	struct socks5_client c;
+	struct sockaddr_in p = proxy4("192.0.2.1", 1080);
+
+	/* no datagram can reach port 0, with a real address or the proxy's */
+	client_associated(&c, BYTES(5, 0, 0, 1, 192, 0, 2, 99, 0, 0));
+	relay_fails(&c, (struct sockaddr *)&p, -EINVAL);
+	client_associated(&c, BYTES(5, 0, 0, 1, 0, 0, 0, 0, 0, 0));
+	relay_fails(&c, (struct sockaddr *)&p, -EINVAL);
+	client_associated(&c,
+	                  BYTES(5, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0));
+	relay_fails(&c, NULL, -EINVAL);
+}
+
 Test(udp_relay, zero_bnd_without_a_usable_proxy_fails)
 {
 	struct socks5_client c;
