@@ -248,6 +248,60 @@ md = ["## " + title, "", *lines, "",
       "wrk goes through a `ringsocks tunnel` in front of each proxy (direct: straight to nginx). "
       "Kernel memory is netns/system-wide and noisy: the slab and TCP deltas minus those of the same "
       "connections held direct." % subj, ""]
+# Paired ratios: the subject against each other candidate round by round (the rounds are
+# interleaved, so the two were measured within minutes of each other), then the median of those.
+# The ratio column above divides two medians taken separately, which can come from different
+# rounds: when the machine drifts during a run (a peer's rate falling by a third from the first
+# round to the last, say) the two disagree, and the paired one is the comparison the interleaving
+# was made for. Both are reported.
+def round_vals(wl, c, num, den=None, scale=1.0):
+    out_ = {}
+    for r in sorted({x["round"] for x in raw if x["workload"] == wl and x["candidate"] == c}):
+        d = {x["metric"]: x["value"] for x in raw if x["workload"] == wl and x["candidate"] == c and x["round"] == r}
+        n = d.get(num)
+        if n is None:
+            continue
+        if den is None:
+            out_[r] = n
+        elif d.get(den):
+            out_[r] = n / d[den] * scale
+    return out_
+paired_defs = [
+    ("sessions/s", lambda c: round_vals("session", c, "sb.sessions_per_s"), True),
+    ("CPU s / 10k sessions", lambda c: round_vals("session", c, "proxy_cpu_s", "sb.sessions", 1e4), False),
+    ("keep-alive req/s (wrk via tunnel)", lambda c: round_vals("wrk", c, "req_per_s"), True),
+    ("CPU s / 1M requests", lambda c: round_vals("wrk", c, "proxy_cpu_s", "requests", 1e6), False),
+    ("bulk MB/s", lambda c: round_vals("bulk", c, "sb.mb_per_s"), True),
+    ("CPU s / GB relayed", lambda c: round_vals("bulk", c, "proxy_cpu_s", "sb.bytes_read", 1e9), False),
+    ("udp datagrams/s", lambda c: round_vals("udp", c, "sb.udp.datagrams_per_s"), True),
+]
+paired = {}
+plines = []
+if subj in cands:
+    for label, f, _hib in paired_defs:
+        a = f(subj)
+        cells, any_ = [label], False
+        for o in others:
+            if o not in cands or (o == "direct" and label.startswith("CPU")):
+                cells.append("–")
+                continue
+            b = f(o)
+            rs = [a[r] / b[r] for r in sorted(a) if r in b and b[r]]
+            if not rs:
+                cells.append("–")
+                continue
+            any_ = True
+            m = statistics.median(rs)
+            paired.setdefault(label, {})["%s/%s" % (subj, o)] = {"median": m, "rounds": rs}
+            cells.append("%.2f (%s)" % (m, ", ".join("%.2f" % x for x in rs)) if len(rs) > 1 else "%.2f" % m)
+        if any_:
+            plines.append("| " + " | ".join(cells) + " |")
+if plines:
+    phead = ["paired, round by round"] + ["%s/%s" % (subj, o) for o in others]
+    md += ["Paired ratios: %s against each candidate in the same round, the median over rounds "
+           "(each round's ratio in brackets). The ratio columns above divide two medians taken "
+           "separately, which may come from different rounds." % subj, "",
+           "| " + " | ".join(phead) + " |", "|" + "---|" * len(phead)] + plines + [""]
 if notes:
     md += ["Notes:", ""] + ["- " + n for n in notes] + [""]
 md.append("Run took %d s. Raw numbers: results.json; chart: chart.png; logs: logs/." % meta["elapsed_s"])
@@ -261,7 +315,7 @@ for (wl, c, k), v in vals.items():
         "median": statistics.median(v), "min": min(v), "max": max(v), "n": len(v)}
 table_json = {label: {c: (list(v[c]) if isinstance(v[c], tuple) else v[c]) for c in cands}
               for _, label, v, _, _ in rows}
-json.dump({"meta": meta, "notes": notes, "table": table_json, "ratios": ratios,
+json.dump({"meta": meta, "notes": notes, "table": table_json, "ratios": ratios, "paired_ratios": paired,
            "summary": summary, "raw": raw}, open(os.path.join(out, "results.json"), "w"), indent=1)
 
 # chart: absolute values per candidate, one panel per workload, the ratio to direct on top of each
