@@ -195,6 +195,16 @@ static void set_port(struct sockaddr_in6 *a, int n, uint16_t port)
 		a[i].sin6_port = htons(port); /* sin_port sits at the same offset */
 }
 
+/* c-ares (1.18) ends a query as ARES_ECONNREFUSED, "Could not contact DNS servers", also when
+ * every server answered, each with SERVFAIL or REFUSED: it moves on to the next server on such
+ * an answer and keeps that status. Said as it is, an operator looked for a network fault. */
+static const char *status_str(int status)
+{
+	if (status == ARES_ECONNREFUSED)
+		return "no usable answer from the DNS servers (none reached, or each answered "
+		       "SERVFAIL or REFUSED)";
+	return ares_strerror(status);
+}
 static void query_done(void *arg, int status, int timeouts, struct ares_addrinfo *res)
 {
 	struct dns_query *q = arg;
@@ -241,9 +251,9 @@ static void query_done(void *arg, int status, int timeouts, struct ares_addrinfo
 	if (n == 0 && (status == ARES_ETIMEOUT || status == ARES_ECONNREFUSED ||
 	               status == ARES_ESERVFAIL || status == ARES_EREFUSED))
 		/* the resolver, not the name: every name fails, and -v may be off */
-		log_warn_limited("resolver: no answer for %s: %s", q->name, ares_strerror(status));
+		log_warn_limited("resolver: no answer for %s: %s", q->name, status_str(status));
 	else if (n == 0)
-		log_info("resolve %s: %s", q->name, ares_strerror(status));
+		log_info("resolve %s: %s", q->name, status_str(status));
 	worker_resolved(d->w, q->ud, n > 0 ? 0 : -ENOENT, addrs, n);
 	free(q);
 }

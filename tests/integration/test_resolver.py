@@ -240,8 +240,8 @@ class MisbehavingResolverTest(unittest.TestCase):
             return [(response(q, answers=[good]), "udp")]
         return [(response(q, flags=0x8183), "udp")]
 
-    def reply_for(self, name, port=None):
-        with h.open_client(self.proxy) as s:
+    def reply_for(self, name, port=None, proxy=None):
+        with h.open_client(proxy or self.proxy) as s:
             s.sendall(h.greeting() + h.request(name, port or self.echo.port))
             self.assertEqual(h.recv_exact(s, 2).hex(), "0500")
             r = h.read_reply(s)
@@ -283,6 +283,17 @@ class MisbehavingResolverTest(unittest.TestCase):
             with self.subTest(name=name):
                 elapsed = self.assert_unreachable(name)
                 print(f"  {name}: reply 4 after {elapsed:.2f}s", file=sys.stderr)
+
+    def test_servfail_is_not_called_unreachable(self):
+        """c-ares reports a name every server answered with SERVFAIL as it reports servers it
+        could not reach ("Could not contact DNS servers"): the warning says both. A proxy of
+        its own, so that no earlier warning of the class holds this one back (one per 10 s)."""
+        with h.Proxy(["--resolver", self.dns.addr], workers=1) as p:
+            self.assertEqual(self.reply_for("servfail.test", proxy=p).rep, h.REP_HOST_UNREACH)
+            want = ("warn: resolver: no answer for servfail.test: no usable answer from the DNS"
+                    " servers (none reached, or each answered SERVFAIL or REFUSED)")
+            h.wait_for(lambda: any(want in x for x in p.stderr_lines()), 5 * h.SLOW,
+                       what=f"a stderr line with {want!r}")
 
     def test_ttl_0_not_cached_huge_ttl_cached(self):
         for i in range(2):
