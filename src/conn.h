@@ -117,6 +117,10 @@ enum timer_kind {
 
 /* The op byte of a dns_resolve user_data for a UDP datagram's name (never an SQE's). */
 #define CONN_RESOLVE_UDP 0xF0
+/* ... and for the name an upstream gave its UDP relay: this bit | the upstream attempt
+ * (up_tries, at most CONFIG_MAX_UPSTREAMS), so a late answer for an earlier attempt is not
+ * applied to a later one. */
+#define CONN_RESOLVE_RELAY 0x80
 
 /* One relay direction: client->target (DIR_UP) or target->client (DIR_DOWN). */
 enum { DIR_UP = 0, DIR_DOWN = 1 };

@@ -561,15 +561,24 @@ void udp_start(struct worker *w, struct conn *c)
 static void send_waiting(struct worker *w, struct conn *c, struct udp_assoc *a);
 static void session_unhash(struct worker *w, struct conn *c, struct udp_assoc *a);
 
+static void relay_known(struct worker *w, struct conn *c, struct sockaddr_in6 *to);
+
 void udp_upstream_ready(struct worker *w, struct conn *c, struct upstream_hs *u)
 {
 	struct sockaddr_storage proxy, relay;
 	socklen_t plen = sizeof(proxy), rlen = sizeof(relay);
 	struct sockaddr_in6 to;
-	struct socks5_addr bnd;
-	struct udp_assoc *a;
-	int tunnel = udp_is_tunnel(w, c), err;
 
+	if (u->cli.bnd.atyp == SOCKS5_ATYP_DOMAIN && u->cli.bnd.port != 0 &&
+	    strlen(u->cli.bnd.u.name) == u->cli.bnd.len) {
+		/* RFC 1928 lets a reply name its address by a domain: resolved as a request's
+		 * would be (udp_relay_resolved); the state stays CONN_UP_HANDSHAKE meanwhile,
+		 * under the connect deadline */
+		dns_resolve(w->dns, u->cli.bnd.u.name, u->cli.bnd.port,
+		            conn_ud((enum conn_op)(CONN_RESOLVE_RELAY | c->up_tries), c->gen,
+		                    conn_index(&w->conns, c)));
+		return;
+	}
 	if (getpeername(c->tfd, (struct sockaddr *)&proxy, &plen) < 0 ||
 	    socks5_client_udp_relay(&u->cli, (struct sockaddr *)&proxy, &relay, &rlen) < 0) {
 		worker_conn_give_up(w, c, SOCKS5_REP_GENERAL_FAILURE,
@@ -577,12 +586,36 @@ void udp_upstream_ready(struct worker *w, struct conn *c, struct upstream_hs *u)
 		return;
 	}
 	sa_copy(&to, &relay, rlen);
+	relay_known(w, c, &to);
+}
+
+void udp_relay_resolved(struct worker *w, struct conn *c, int status,
+                        const struct sockaddr_in6 *addrs, int n)
+{
+	struct sockaddr_in6 to;
+
+	if (status < 0 || n < 1) {
+		worker_conn_give_up(w, c, SOCKS5_REP_GENERAL_FAILURE,
+		                    "the upstream's UDP relay name does not resolve");
+		return;
+	}
+	to = addrs[0]; /* datagrams have no connect to fail over with: the first address */
+	relay_known(w, c, &to);
+}
+
+/* The upstream's relay is at *to: open the association (and reply, unless a tunnel). */
+static void relay_known(struct worker *w, struct conn *c, struct sockaddr_in6 *to)
+{
+	struct socks5_addr bnd;
+	struct udp_assoc *a;
+	int tunnel = udp_is_tunnel(w, c), err;
+
 	/* An upstream on a dual-stack socket names its relay ::ffff:a.b.c.d: our IPv6 sockets
 	 * are IPv6-only and could not send there, so every datagram was dropped. */
-	worker_unmap_v4(&to);
+	worker_unmap_v4(to);
 	if (tunnel) {
 		a = assoc_of(w, c);
-		a->relay = to;
+		a->relay = *to;
 		assoc_go(w, c, NULL);
 		send_waiting(w, c, a);
 		return;
@@ -591,7 +624,7 @@ void udp_upstream_ready(struct worker *w, struct conn *c, struct upstream_hs *u)
 	a = assoc_init(w, c, UDP_FORWARD);
 	if (assoc_take_fds(w, c, a) < 0)
 		return;
-	a->relay = to;
+	a->relay = *to;
 	if ((err = set_client(c, a, c->hs.req.dst.port)) < 0 ||
 	    (err = open_client_socket(c, a, &bnd)) < 0) {
 		a->live = 0;

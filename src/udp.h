@@ -33,6 +33,9 @@ uint32_t udp_bufs_lent(const struct worker *w);
 void udp_start(struct worker *w, struct conn *c);
 /* Forwarder and tunnel -U: the upstream answered our UDP ASSOCIATE with success (u->cli). */
 void udp_upstream_ready(struct worker *w, struct conn *c, struct upstream_hs *u);
+/* The resolver's answer for the name the upstream gave its UDP relay (udp_upstream_ready). */
+void udp_relay_resolved(struct worker *w, struct conn *c, int status,
+                        const struct sockaddr_in6 *addrs, int n);
 /* Is c a tunnel -U session? */
 int udp_is_tunnel(const struct worker *w, const struct conn *c);
 

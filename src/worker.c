@@ -827,6 +827,13 @@ void worker_resolved(struct worker *w, uint64_t ud, int status, const struct soc
 		return;
 	}
 	c = conn_lookup(&w->conns, ud);
+	if ((unsigned)conn_ud_op(ud) & CONN_RESOLVE_RELAY) {
+		/* an upstream's UDP relay, named by a domain; only for the attempt that asked */
+		if (c && c->state == CONN_UP_HANDSHAKE &&
+		    ((unsigned)conn_ud_op(ud) & ~CONN_RESOLVE_RELAY) == c->up_tries)
+			udp_relay_resolved(w, c, status, addrs, n);
+		return;
+	}
 	if (!c || c->state != CONN_RESOLVING || conn_ud_op(ud) != c->up_tries)
 		return; /* the client is gone, timed out, or moved on to another upstream */
 	if (status < 0 || n == 0) {

@@ -906,6 +906,71 @@ class UdpRelayPortZeroTest(unittest.TestCase):
             fake.close()
 
 
+@h.ringsocks_only
+class UdpRelayNamedTest(unittest.TestCase):
+    """RFC 1928 lets a reply name BND.ADDR by a domain. An upstream that named its UDP relay so
+    got reply 1 (the name was never resolved); now the name is resolved like a request's
+    (here by the test's DNS server) and datagrams flow. A name that does not resolve still
+    gets reply 1, with the reason in the log."""
+
+    def setUp(self):
+        self.relay = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.relay.bind(("127.0.0.1", 0))
+        self.relay.settimeout(5 * h.SLOW)
+        self.dns = h.DnsServer()
+        self.dns.add("udp-relay.test", a=["127.0.0.1"])
+        self.procs, self.fakes = [], []
+
+    def tearDown(self):
+        try:
+            c.stop_all(self.procs)
+        finally:
+            for f in self.fakes:
+                f.close()
+            self.dns.close()
+            self.relay.close()
+
+    def forwarder(self, relay_name):
+        fake = c.FakeUpstream(replies=[c.reply_bytes(0, relay_name, self.relay.getsockname()[1])])
+        self.fakes.append(fake)
+        fwd = h.Proxy(["--upstream", fake.url(), "--resolver", self.dns.addr])
+        self.procs.append(fwd)
+        return fwd
+
+    def test_forwarder_resolves_the_relay_name(self):
+        fwd = self.forwarder("udp-relay.test")
+        with Assoc(fwd) as a:
+            a.send("192.0.2.1", 7, b"to the named relay")
+            data, src = self.relay.recvfrom(65535)
+            self.assertEqual(data, udp_header("192.0.2.1", 7) + b"to the named relay")
+            self.relay.sendto(udp_header("192.0.2.1", 7) + b"answer", src)
+            self.assertEqual(a.recv(), udp_header("192.0.2.1", 7) + b"answer")
+        self.assertEqual(self.dns.count("udp-relay.test", h.QTYPE_A), 1)
+        fwd.check_idle()
+
+    def test_tunnel_u_resolves_the_relay_name(self):
+        fake = c.FakeUpstream(replies=[c.reply_bytes(0, "udp-relay.test",
+                                                     self.relay.getsockname()[1])])
+        self.fakes.append(fake)
+        t = UdpTunnel(("192.0.2.1", 7), fake.url(), args=["--resolver", self.dns.addr])
+        self.procs.append(t)
+        with udp_sender() as s:
+            s.sendto(b"ping", t.addr)
+            data, src = self.relay.recvfrom(65535)
+            self.assertEqual(data, udp_header("192.0.2.1", 7) + b"ping")
+            self.relay.sendto(udp_header("192.0.2.1", 7) + b"pong", src)
+            self.assertEqual(s.recvfrom(100), (b"pong", t.addr))
+
+    def test_unresolvable_relay_name_refused(self):
+        fwd = self.forwarder("no-such-relay.test")
+        with h.open_client(fwd) as s:
+            s.sendall(h.greeting() + h.request("0.0.0.0", 0, cmd=h.CMD_UDP))
+            self.assertEqual(h.recv_exact(s, 2).hex(), "0500")
+            self.assertEqual(h.read_reply(s).rep, h.REP_FAIL)
+        c.wait_log(fwd, r"the upstream's UDP relay name does not resolve")
+        fwd.check_idle()
+
+
 class UdpTunnel(c.Tunnel):
     """`ringsocks tunnel -U BIND:PORT:DEST --via URL` (BIND: 127.0.0.1 unless given); started
     once the UDP port is bound."""
