@@ -885,33 +885,12 @@ class UdpMappedRelayTest(unittest.TestCase):
 
 
 @h.ringsocks_only
-class UdpRelayPortZeroTest(unittest.TestCase):
-    """An upstream whose UDP ASSOCIATE reply names port 0 as its relay: nothing can be sent
-    there. The association was set up all the same and every datagram was lost; the client
-    now gets reply 1 (general failure) and the log says why."""
-
-    def test_forwarder_refuses(self):
-        fake = c.FakeUpstream(replies=[c.reply_bytes(0, "127.0.0.1", 0)])
-        fwd = h.Proxy(["--upstream", fake.url()])
-        try:
-            with h.open_client(fwd) as s:
-                s.sendall(h.greeting() + h.request("0.0.0.0", 0, cmd=h.CMD_UDP))
-                self.assertEqual(h.recv_exact(s, 2).hex(), "0500")
-                self.assertEqual(h.read_reply(s).rep, h.REP_FAIL)
-            c.wait_log(fwd, r"the upstream's UDP relay address is not usable")
-            fwd.check_idle()
-            fwd.stop()
-        finally:
-            fwd.kill()
-            fake.close()
-
-
-@h.ringsocks_only
-class UdpRelayNamedTest(unittest.TestCase):
-    """RFC 1928 lets a reply name BND.ADDR by a domain. An upstream that named its UDP relay so
-    got reply 1 (the name was never resolved); now the name is resolved like a request's
-    (here by the test's DNS server) and datagrams flow. A name that does not resolve still
-    gets reply 1, with the reason in the log."""
+class UdpUpstreamRelayTest(unittest.TestCase):
+    """The relay an upstream names in its UDP ASSOCIATE reply. RFC 1928 lets a reply name
+    BND.ADDR by a domain: the forwarder and tunnel -U gave reply 1 (the name was never
+    resolved); now the name is resolved like a request's (here by the test's DNS server) and
+    datagrams flow. A name that does not resolve gets reply 1, with the reason in the log; so
+    does port 0, which was taken as the relay, and every datagram lost."""
 
     def setUp(self):
         self.relay = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -930,8 +909,9 @@ class UdpRelayNamedTest(unittest.TestCase):
             self.dns.close()
             self.relay.close()
 
-    def forwarder(self, relay_name):
-        fake = c.FakeUpstream(replies=[c.reply_bytes(0, relay_name, self.relay.getsockname()[1])])
+    def forwarder(self, relay_host, port=None):
+        port = self.relay.getsockname()[1] if port is None else port
+        fake = c.FakeUpstream(replies=[c.reply_bytes(0, relay_host, port)])
         self.fakes.append(fake)
         fwd = h.Proxy(["--upstream", fake.url(), "--resolver", self.dns.addr])
         self.procs.append(fwd)
@@ -961,14 +941,21 @@ class UdpRelayNamedTest(unittest.TestCase):
             self.relay.sendto(udp_header("192.0.2.1", 7) + b"pong", src)
             self.assertEqual(s.recvfrom(100), (b"pong", t.addr))
 
-    def test_unresolvable_relay_name_refused(self):
-        fwd = self.forwarder("no-such-relay.test")
+    def assert_refused(self, fwd, why):
         with h.open_client(fwd) as s:
             s.sendall(h.greeting() + h.request("0.0.0.0", 0, cmd=h.CMD_UDP))
             self.assertEqual(h.recv_exact(s, 2).hex(), "0500")
             self.assertEqual(h.read_reply(s).rep, h.REP_FAIL)
-        c.wait_log(fwd, r"the upstream's UDP relay name does not resolve")
+        c.wait_log(fwd, why)
         fwd.check_idle()
+
+    def test_unresolvable_relay_name_refused(self):
+        self.assert_refused(self.forwarder("no-such-relay.test"),
+                            r"the upstream's UDP relay name does not resolve")
+
+    def test_relay_port_zero_refused(self):
+        self.assert_refused(self.forwarder("127.0.0.1", port=0),
+                            r"the upstream's UDP relay address is not usable")
 
 
 class UdpTunnel(c.Tunnel):
