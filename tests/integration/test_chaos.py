@@ -417,6 +417,15 @@ class Chaos:
 
     # ---- UDP ASSOCIATE
 
+    def udp_associated(self):
+        """A client whose UDP ASSOCIATE succeeded: (control connection, reply)."""
+        s = self.client()
+        authed(s)
+        s.sendall(h.request("0.0.0.0", 0, cmd=h.CMD_UDP))
+        r = h.read_reply(s)
+        self.tc.assertEqual(r.rep, h.REP_OK, r)
+        return s, r
+
     def s_udp_mid_request(self, how):
         s = self.client()
         authed(s)
@@ -424,20 +433,12 @@ class Chaos:
         abort(s, how)
 
     def s_udp_after_reply(self, how):
-        s = self.client()
-        authed(s)
-        s.sendall(h.request("0.0.0.0", 0, cmd=h.CMD_UDP))
-        r = h.read_reply(s)
-        self.tc.assertEqual(r.rep, h.REP_OK, r)
+        s, r = self.udp_associated()
         abort(s, how)
 
     def s_udp_with_datagram_waiting(self, how):
         # a datagram to a destination that never answers, then the control connection goes
-        s = self.client()
-        authed(s)
-        s.sendall(h.request("0.0.0.0", 0, cmd=h.CMD_UDP))
-        r = h.read_reply(s)
-        self.tc.assertEqual(r.rep, h.REP_OK, r)
+        s, r = self.udp_associated()
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
             u.sendto(b"\x00\x00\x00" + h.encode_addr("127.0.0.1")
                      + struct.pack("!H", self.hole.port) + b"ping", (r.host, r.port))
@@ -446,11 +447,7 @@ class Chaos:
 
     def s_udp_gone_while_a_datagram_name_resolves(self, how):
         # a datagram waits in a buffer for its name when the control connection goes
-        s = self.client()
-        authed(s)
-        s.sendall(h.request("0.0.0.0", 0, cmd=h.CMD_UDP))
-        r = h.read_reply(s)
-        self.tc.assertEqual(r.rep, h.REP_OK, r)
+        s, r = self.udp_associated()
         name = f"u{next(NAMES)}.{SLOW_NAME}"  # a name no cache holds, asked for once
         self.dns.add(name, a=["127.0.0.1"], delay=SLOW_DNS)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:

@@ -35,6 +35,13 @@ def read_greeting(s):
     return head + h.recv_exact(s, head[1])
 
 
+def take_request(s):
+    """Play an upstream that needs no authentication, up to its reading of the request."""
+    read_greeting(s)
+    s.sendall(b"\x05\x00")
+    c.read_request(s)
+
+
 def dribble(s, data):
     """data one byte per segment."""
     for i in range(len(data)):
@@ -171,9 +178,7 @@ class MisbehavingUpstreamTest(c.FreshProcsMixin, unittest.TestCase):
         bnd = bytes([h.VER, 0, 0, h.ATYP_DOMAIN, 255]) + b"b" * 255 + b"\x10\x01"
 
         def handler(s, addr):
-            read_greeting(s)
-            s.sendall(b"\x05\x00")
-            c.read_request(s)
+            take_request(s)
             s.sendall(bnd + b"after")
             echo_rest(s)
         srv = self.scripted(handler)
@@ -188,9 +193,7 @@ class MisbehavingUpstreamTest(c.FreshProcsMixin, unittest.TestCase):
 
     def test_domain_bnd_of_0_bytes_is_malformed(self):
         def handler(s, addr):
-            read_greeting(s)
-            s.sendall(b"\x05\x00")
-            c.read_request(s)
+            take_request(s)
             s.sendall(bytes([h.VER, 0, 0, h.ATYP_DOMAIN, 0]) + b"\x00\x50" + b"data")
             while s.recv(65536):
                 pass
@@ -230,9 +233,7 @@ class MisbehavingUpstreamTest(c.FreshProcsMixin, unittest.TestCase):
 
     def test_close_mid_handshake_next_upstream_used(self):
         def handler(s, addr):
-            read_greeting(s)
-            s.sendall(b"\x05\x00")
-            c.read_request(s)
+            take_request(s)
             reset(s)
         bad = self.scripted(handler)
         good = self.keep(c.FakeUpstream())
